@@ -1,0 +1,1 @@
+"""meshctl: the meshd admin CLI."""

@@ -1,0 +1,1 @@
+"""Identity, TOFU, link handshake and end-to-end encryption."""

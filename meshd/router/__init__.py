@@ -1,0 +1,1 @@
+"""The sans-IO mesh core: wire codec, routing, reliability, custody (no sockets, no clocks)."""

@@ -1,0 +1,1 @@
+"""Transports: adapters that turn radios and sockets into authenticated mesh links."""
