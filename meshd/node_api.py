@@ -1,0 +1,114 @@
+"""What the gRPC servicers need from the node: the seam between ``meshd.api`` and ``meshd.node``.
+
+``meshd.node.Node`` implements this; the servicers take any ``NodeApi`` (the real node
+in tests too, wired to in-memory links, never a mock standing in for the behaviour
+under test).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshd.address import NodeAddress
+from meshd.router.events import DeliveryState
+from meshd.router.types import NeighbourInfo, RouteInfo
+from meshd.transports.base import TransportStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: kernel-verified credentials (SO_PEERCRED) plus the declared app id."""
+
+    uid: int
+    gid: int
+    pid: int
+    app_id: str
+    is_admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    address: NodeAddress
+    version: str
+    started_at: float  # unix time
+    uptime_s: float
+    neighbours: int
+    routes: int
+    outbox: int
+    state_dir: str
+
+
+class Direction(enum.Enum):
+    OUTGOING = "outgoing"
+    INCOMING = "incoming"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    message_id: bytes
+    app_id: str
+    direction: Direction
+    peer: NodeAddress  # destination for outgoing, source for incoming
+    payload: bytes
+    created_at: float  # unix time
+    state: DeliveryState | None  # outgoing only
+    reason: str | None
+    hops: int | None  # incoming only
+
+
+class AppEventKind(enum.Enum):
+    MESSAGE_RECEIVED = "message_received"
+    DELIVERY_STATE = "delivery_state"
+    NEIGHBOUR_UP = "neighbour_up"
+    NEIGHBOUR_DOWN = "neighbour_down"
+    PATH_CHANGED = "path_changed"
+
+
+@dataclass(frozen=True, slots=True)
+class AppEvent:
+    """One entry of an app's durable event log; ``cursor`` increases strictly per node."""
+
+    cursor: int
+    kind: AppEventKind
+    at: float  # unix time
+    message: MessageRecord | None = None  # MESSAGE_RECEIVED, DELIVERY_STATE
+    peer: NodeAddress | None = None  # NEIGHBOUR_*, PATH_CHANGED
+    detail: str = ""
+
+
+class NodeApi(Protocol):
+    @property
+    def address(self) -> NodeAddress: ...
+
+    def status(self) -> NodeStatus: ...
+
+    def neighbours(self) -> list[NeighbourInfo]: ...
+
+    def routes(self) -> list[RouteInfo]: ...
+
+    def transports(self) -> list[TransportStatus]: ...
+
+    async def send_message(
+        self, caller: Caller, dst: NodeAddress, payload: bytes, *, lifetime_s: float | None
+    ) -> MessageRecord:
+        """Persist (durably) then queue; returns once a kill -9 can no longer lose it."""
+        ...
+
+    def get_message(self, caller: Caller, message_id: bytes) -> MessageRecord: ...
+
+    def history(
+        self,
+        caller: Caller,
+        *,
+        peer: NodeAddress | None,
+        limit: int,
+        before_cursor: int | None,
+    ) -> list[MessageRecord]: ...
+
+    def subscribe(self, caller: Caller, *, after_cursor: int | None) -> AsyncIterator[AppEvent]:
+        """Stored events after ``after_cursor`` (all retained when None... see impl),
+        then live ones as they happen. Only the caller's app's messages."""
+        ...
