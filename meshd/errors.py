@@ -84,3 +84,9 @@ class HandshakeError(WireError):
 
 class SignatureError(WireError):
     """A signature over a frame (announce, ACK, receipt) does not verify."""
+
+
+class StoreError(MeshdError):
+    """The state database is unreadable, corrupted, or holds a row that does not decode."""
+
+    code = "DATA_LOSS"
