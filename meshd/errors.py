@@ -90,3 +90,17 @@ class StoreError(MeshdError):
     """The state database is unreadable, corrupted, or holds a row that does not decode."""
 
     code = "DATA_LOSS"
+
+
+class CryptoError(MeshdError):
+    """An end-to-end (MLS) operation cannot be done in the current state (unknown or
+    expired key package, group left, state from another node...)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class UndecryptableError(CryptoError):
+    """An incoming MLS message is refused: tampered, replayed, from a wrong epoch, or from
+    a sender who is not the member it claims to be."""
+
+    code = "DATA_LOSS"
