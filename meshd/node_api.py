@@ -57,6 +57,9 @@ class MessageRecord:
     state: DeliveryState | None  # outgoing only
     reason: str | None
     hops: int | None  # incoming only
+    # Event-log cursor of the event that recorded it (QUEUED / MESSAGE_RECEIVED): history
+    # pages with ``before_cursor`` in the same cursor space as ``subscribe``.
+    cursor: int | None = None
 
 
 class AppEventKind(enum.Enum):
