@@ -1,0 +1,203 @@
+"""Between the node's dataclasses (``meshd.node_api``) and the ``meshd.v1`` messages."""
+
+from __future__ import annotations
+
+import re
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meshd.address import NodeAddress
+from meshd.api.v1 import messaging_pb2 as mpb
+from meshd.api.v1 import node_pb2 as npb
+from meshd.errors import InvalidArgument
+from meshd.node_api import (
+    AppEvent,
+    AppEventKind,
+    Caller,
+    Direction,
+    MessageRecord,
+    NodeStatus,
+)
+from meshd.router.events import DeliveryState
+from meshd.router.types import LinkKind, NeighbourInfo, RouteInfo
+from meshd.transports.base import TransportState, TransportStatus
+
+DEFAULT_HISTORY_LIMIT = 50
+MAX_HISTORY_LIMIT = 1000
+MAX_MESSAGE_ID_LEN = 64  # bytes; ids are 16 today, leave room without accepting junk
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+_STATES: dict[DeliveryState, mpb.DeliveryState.ValueType] = {
+    DeliveryState.QUEUED: mpb.DELIVERY_STATE_QUEUED,
+    DeliveryState.SENT: mpb.DELIVERY_STATE_SENT,
+    DeliveryState.RELAYED: mpb.DELIVERY_STATE_RELAYED,
+    DeliveryState.HELD_BY_CUSTODIAN: mpb.DELIVERY_STATE_HELD_BY_CUSTODIAN,
+    DeliveryState.DELIVERED: mpb.DELIVERY_STATE_DELIVERED,
+    DeliveryState.FAILED: mpb.DELIVERY_STATE_FAILED,
+}
+_KINDS: dict[LinkKind, npb.LinkKind.ValueType] = {
+    LinkKind.BLE: npb.LINK_KIND_BLE,
+    LinkKind.WIFI_DIRECT: npb.LINK_KIND_WIFI_DIRECT,
+    LinkKind.INET: npb.LINK_KIND_INET,
+    LinkKind.MEMORY: npb.LINK_KIND_MEMORY,
+}
+_TRANSPORT_STATES: dict[TransportState, npb.TransportState.ValueType] = {
+    TransportState.STARTING: npb.TRANSPORT_STATE_STARTING,
+    TransportState.RUNNING: npb.TRANSPORT_STATE_RUNNING,
+    TransportState.DEGRADED: npb.TRANSPORT_STATE_DEGRADED,
+    TransportState.STOPPED: npb.TRANSPORT_STATE_STOPPED,
+    TransportState.UNAVAILABLE: npb.TRANSPORT_STATE_UNAVAILABLE,
+}
+
+
+def timestamp(unix: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(round(unix * 1e9))
+    return ts
+
+
+# --- requests -----------------------------------------------------------------------
+
+
+def parse_address(text: str, *, field: str) -> NodeAddress:
+    if not text:
+        raise InvalidArgument("required: a node address", field=field)
+    return NodeAddress.parse(text, field=field)
+
+
+def parse_message_id(text: str, *, field: str = "message_id") -> bytes:
+    cleaned = text.strip()
+    if not cleaned:
+        raise InvalidArgument("required: a message id (hex)", field=field)
+    if not _HEX.fullmatch(cleaned) or len(cleaned) % 2:
+        raise InvalidArgument("not a hex message id", field=field)
+    if len(cleaned) > 2 * MAX_MESSAGE_ID_LEN:
+        raise InvalidArgument(f"longer than {MAX_MESSAGE_ID_LEN} bytes", field=field)
+    return bytes.fromhex(cleaned)
+
+
+def history_limit(limit: int) -> int:
+    if limit == 0:
+        return DEFAULT_HISTORY_LIMIT
+    if limit > MAX_HISTORY_LIMIT:
+        raise InvalidArgument(f"at most {MAX_HISTORY_LIMIT}, got {limit}", field="limit")
+    return limit
+
+
+def lifetime_seconds(request: mpb.SendMessageRequest) -> float | None:
+    if not request.HasField("lifetime"):
+        return None
+    seconds = request.lifetime.ToNanoseconds() / 1e9
+    if seconds <= 0:
+        raise InvalidArgument(f"must be positive, got {seconds:g} s", field="lifetime")
+    return seconds
+
+
+# --- node -----------------------------------------------------------------------------
+
+
+def caller_info(caller: Caller) -> npb.CallerInfo:
+    return npb.CallerInfo(
+        uid=caller.uid, gid=caller.gid, pid=caller.pid, app_id=caller.app_id,
+        is_admin=caller.is_admin,
+    )  # fmt: skip
+
+
+def node_status(status: NodeStatus, *, admin: bool) -> npb.NodeStatus:
+    return npb.NodeStatus(
+        address=status.address.text,
+        version=status.version,
+        started_at=timestamp(status.started_at),
+        uptime_s=status.uptime_s,
+        neighbours=status.neighbours,
+        routes=status.routes,
+        outbox=status.outbox,
+        state_dir=status.state_dir if admin else "",
+    )
+
+
+def neighbour(n: NeighbourInfo) -> npb.Neighbour:
+    msg = npb.Neighbour(
+        link_id=n.link_id,
+        address=n.address.text,
+        kind=_KINDS.get(n.kind, npb.LINK_KIND_UNSPECIFIED),
+        quality=n.quality,
+        keep=n.keep,
+        up_since=timestamp(n.up_since),
+    )
+    if n.battery is not None:
+        msg.battery = n.battery
+    if n.cluster_id is not None:
+        msg.cluster_id = n.cluster_id
+    return msg
+
+
+def route(r: RouteInfo) -> npb.Route:
+    return npb.Route(
+        dst=r.dst.text, next_hop=r.next_hop.text, hops=r.hops, cost=r.cost,
+        expires_at=timestamp(r.expires_at),
+    )  # fmt: skip
+
+
+def transport(t: TransportStatus) -> npb.Transport:
+    return npb.Transport(
+        name=t.name,
+        state=_TRANSPORT_STATES.get(t.state, npb.TRANSPORT_STATE_UNSPECIFIED),
+        detail=t.detail,
+        links=t.links,
+        local_endpoints=list(t.local_endpoints),
+    )
+
+
+# --- messaging ------------------------------------------------------------------------
+
+
+def delivery_state(state: DeliveryState | None) -> mpb.DeliveryState.ValueType:
+    return mpb.DELIVERY_STATE_UNSPECIFIED if state is None else _STATES[state]
+
+
+def message(m: MessageRecord) -> mpb.Message:
+    msg = mpb.Message(
+        message_id=m.message_id.hex(),
+        direction=(
+            mpb.DIRECTION_OUTGOING if m.direction is Direction.OUTGOING
+            else mpb.DIRECTION_INCOMING
+        ),
+        peer=m.peer.text,
+        payload=m.payload,
+        created_at=timestamp(m.created_at),
+        state=delivery_state(m.state),
+        reason=m.reason or "",
+        app_id=m.app_id,
+    )  # fmt: skip
+    if m.hops is not None:
+        msg.hops = m.hops
+    return msg
+
+
+def event(e: AppEvent) -> mpb.Event:
+    out = mpb.Event(cursor=e.cursor, at=timestamp(e.at))
+    peer = e.peer.text if e.peer is not None else ""
+    if e.kind is AppEventKind.MESSAGE_RECEIVED:
+        if e.message is not None:
+            out.message_received.message.CopyFrom(message(e.message))
+        else:
+            out.message_received.SetInParent()
+    elif e.kind is AppEventKind.DELIVERY_STATE:
+        m = e.message
+        out.delivery_state.SetInParent()
+        if m is not None:
+            out.delivery_state.message_id = m.message_id.hex()
+            out.delivery_state.dst = m.peer.text
+            out.delivery_state.state = delivery_state(m.state)
+            out.delivery_state.reason = m.reason or e.detail
+    elif e.kind is AppEventKind.NEIGHBOUR_UP:
+        out.neighbour_up.peer, out.neighbour_up.detail = peer, e.detail
+        out.neighbour_up.SetInParent()
+    elif e.kind is AppEventKind.NEIGHBOUR_DOWN:
+        out.neighbour_down.peer, out.neighbour_down.detail = peer, e.detail
+        out.neighbour_down.SetInParent()
+    elif e.kind is AppEventKind.PATH_CHANGED:
+        out.path_changed.dst, out.path_changed.detail = peer, e.detail
+        out.path_changed.SetInParent()
+    return out

@@ -1,0 +1,94 @@
+"""The one place where meshd errors become gRPC statuses (a server interceptor).
+
+``MeshdError.code`` names the canonical status and ``str(error)`` starts with the field
+at fault ("dst: checksum mismatch ..."). Anything else is a bug: it is logged with its
+traceback and the caller gets INTERNAL; the daemon keeps running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from meshd.errors import MeshdError
+
+_INTERNAL_DETAIL = "internal error in meshd (details in the daemon's log)"
+
+
+def status_code(error: MeshdError) -> grpc.StatusCode:
+    """The canonical status for ``error.code``; INTERNAL for a name gRPC does not know."""
+    try:
+        code: grpc.StatusCode = grpc.StatusCode[error.code]
+    except KeyError:
+        return grpc.StatusCode.INTERNAL
+    return code if code is not grpc.StatusCode.OK else grpc.StatusCode.INTERNAL
+
+
+def status_detail(error: MeshdError) -> str:
+    return str(error)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every unary and server-streaming handler with the error mapping."""
+
+    def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
+        self._log = log
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client/bidi streaming: meshd defines none yet
+
+    def _wrap_unary(
+        self, method: str, behaviour: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def wrapped(request: Any, context: Any) -> Any:
+            try:
+                return await behaviour(request, context)
+            except MeshdError as exc:
+                await context.abort(status_code(exc), status_detail(exc))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                self._log.exception("api_call_failed", method=method)
+                await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL_DETAIL)
+
+        return wrapped
+
+    def _wrap_stream(
+        self, method: str, behaviour: Callable[[Any, Any], AsyncIterator[Any]]
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            except MeshdError as exc:
+                await context.abort(status_code(exc), status_detail(exc))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                self._log.exception("api_call_failed", method=method)
+                await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL_DETAIL)
+
+        return wrapped

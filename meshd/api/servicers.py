@@ -1,0 +1,103 @@
+"""The gRPC servicers: thin adapters from ``meshd.v1`` requests to ``NodeApi`` calls.
+
+Errors are raised as ``MeshdError`` and mapped to statuses by ``meshd.api.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from meshd.api import convert
+from meshd.api.caller import CallerResolver
+from meshd.api.v1 import messaging_pb2 as mpb
+from meshd.api.v1 import messaging_pb2_grpc as mgrpc
+from meshd.api.v1 import node_pb2 as npb
+from meshd.api.v1 import node_pb2_grpc as ngrpc
+from meshd.node_api import NodeApi
+
+
+class NodeServicer(ngrpc.NodeServiceServicer):
+    def __init__(self, node: NodeApi, callers: CallerResolver) -> None:
+        self._node = node
+        self._callers = callers
+
+    async def GetStatus(self, request: npb.GetStatusRequest, context: Any) -> npb.GetStatusResponse:
+        caller = self._callers.caller(context)
+        status = self._node.status()
+        return npb.GetStatusResponse(
+            status=convert.node_status(status, admin=caller.is_admin),
+            caller=convert.caller_info(caller),
+        )
+
+    async def ListNeighbours(
+        self, request: npb.ListNeighboursRequest, context: Any
+    ) -> npb.ListNeighboursResponse:
+        self._callers.caller(context)
+        return npb.ListNeighboursResponse(
+            neighbours=[convert.neighbour(n) for n in self._node.neighbours()]
+        )
+
+    async def ListRoutes(
+        self, request: npb.ListRoutesRequest, context: Any
+    ) -> npb.ListRoutesResponse:
+        self._callers.caller(context)
+        return npb.ListRoutesResponse(routes=[convert.route(r) for r in self._node.routes()])
+
+    async def ListTransports(
+        self, request: npb.ListTransportsRequest, context: Any
+    ) -> npb.ListTransportsResponse:
+        self._callers.caller(context)
+        return npb.ListTransportsResponse(
+            transports=[convert.transport(t) for t in self._node.transports()]
+        )
+
+
+class MessagingServicer(mgrpc.MessagingServiceServicer):
+    def __init__(self, node: NodeApi, callers: CallerResolver) -> None:
+        self._node = node
+        self._callers = callers
+
+    async def SendMessage(
+        self, request: mpb.SendMessageRequest, context: Any
+    ) -> mpb.SendMessageResponse:
+        caller = self._callers.caller(context)
+        dst = convert.parse_address(request.dst, field="dst")
+        lifetime = convert.lifetime_seconds(request)
+        record = await self._node.send_message(caller, dst, request.payload, lifetime_s=lifetime)
+        return mpb.SendMessageResponse(
+            message_id=record.message_id.hex(),
+            state=convert.delivery_state(record.state),
+            created_at=convert.timestamp(record.created_at),
+        )
+
+    async def GetMessage(self, request: mpb.GetMessageRequest, context: Any) -> mpb.Message:
+        caller = self._callers.caller(context)
+        message_id = convert.parse_message_id(request.message_id)
+        return convert.message(self._node.get_message(caller, message_id))
+
+    async def ListHistory(
+        self, request: mpb.ListHistoryRequest, context: Any
+    ) -> mpb.ListHistoryResponse:
+        caller = self._callers.caller(context)
+        peer = convert.parse_address(request.peer, field="peer") if request.peer else None
+        limit = convert.history_limit(request.limit)
+        before = request.before_cursor if request.HasField("before_cursor") else None
+        records = self._node.history(caller, peer=peer, limit=limit, before_cursor=before)
+        return mpb.ListHistoryResponse(messages=[convert.message(m) for m in records])
+
+    async def Subscribe(
+        self, request: mpb.SubscribeRequest, context: Any
+    ) -> AsyncIterator[mpb.Event]:
+        caller = self._callers.caller(context)
+        after = request.after_cursor if request.HasField("after_cursor") else None
+        events = self._node.subscribe(caller, after_cursor=after)
+        try:
+            async for event in events:
+                yield convert.event(event)
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
