@@ -169,6 +169,7 @@ def message(m: MessageRecord) -> mpb.Message:
         state=delivery_state(m.state),
         reason=m.reason or "",
         app_id=m.app_id,
+        cursor=m.cursor or 0,
     )  # fmt: skip
     if m.hops is not None:
         msg.hops = m.hops

@@ -166,6 +166,7 @@ class Message(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     HOPS_FIELD_NUMBER: _builtins.int
     APP_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     direction: Global___Direction.ValueType
     peer: _builtins.str
@@ -177,6 +178,10 @@ class Message(_message.Message):
     hops: _builtins.int
     """Incoming only: how many hops it took."""
     app_id: _builtins.str
+    cursor: _builtins.int
+    """Event-log cursor that recorded it (same space as Event.cursor); pass it as
+    ListHistoryRequest.before_cursor to page back. 0 when unknown.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -191,10 +196,11 @@ class Message(_message.Message):
         reason: _builtins.str = ...,
         hops: _builtins.int | None = ...,
         app_id: _builtins.str = ...,
+        cursor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_hops", b"_hops", "created_at", b"created_at", "hops", b"hops"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hops", b"_hops", "app_id", b"app_id", "created_at", b"created_at", "direction", b"direction", "hops", b"hops", "message_id", b"message_id", "payload", b"payload", "peer", b"peer", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hops", b"_hops", "app_id", b"app_id", "created_at", b"created_at", "cursor", b"cursor", "direction", b"direction", "hops", b"hops", "message_id", b"message_id", "payload", b"payload", "peer", b"peer", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__hops: _TypeAlias = _typing.Literal["hops"]  # noqa: Y015
     _WhichOneofArgType__hops: _TypeAlias = _typing.Literal["_hops", b"_hops"]  # noqa: Y015
