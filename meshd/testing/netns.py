@@ -1,0 +1,625 @@
+"""A network-namespace lab for system tests: real ``meshd`` processes joined by veth pairs.
+
+Each node gets its own network namespace; only the pairs given as links are joined (one
+veth pair each), IP forwarding is off everywhere, so anything that crosses more than one
+link does so because the mesh relayed it. Every link has IPv6 link-local addresses (what
+meshd's discovery uses) and optionally an IPv4 /30. Loss is injected with nftables
+(``numgen random mod 100 < N drop`` on each veth's ingress hook): the kernel here has no
+``tc netem`` (DESIGN.md, Testing).
+
+Namespace names carry the owning pid and a random tag (``mlab-<pid>-<tag>-<node>``) so
+parallel runs never collide, and a lab left behind by a killed run is reaped by the next
+one. ``close()`` always kills every process in the lab's namespaces and deletes them;
+daemons also get ``PR_SET_PDEATHSIG`` so that they die with the test process.
+
+Needs root, ``ip`` (iproute2) and ``nft`` (nftables); :func:`unavailable_reason` says why
+not when they are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, MeshdError
+
+NS_PREFIX = "mlab"
+_NS_RE = re.compile(rf"^{NS_PREFIX}-(\d+)-[0-9a-f]{{6}}-")
+_NODE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+_NFT_TABLE = "meshlab"
+_PR_SET_PDEATHSIG = 1
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LabError(MeshdError):
+    """A lab command failed; the message carries the command and its stderr."""
+
+
+def unavailable_reason() -> str | None:
+    """Why namespace tests cannot run here, or None when they can."""
+    if sys.platform != "linux":
+        return "network namespaces need Linux"
+    if os.geteuid() != 0:
+        return "network namespaces need root (run the system tests as root)"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (apt-get install iproute2 nftables)"
+    probe = f"{NS_PREFIX}-{os.getpid()}-{secrets.token_hex(3)}-probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def chain(n: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Node names a, b, c… and the links of a line topology a-b-c."""
+    if not 1 <= n <= 26:
+        raise InvalidArgument("a chain has 1..26 nodes", field="n")
+    names = [chr(ord("a") + i) for i in range(n)]
+    return names, list(itertools.pairwise(names))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run(argv: Sequence[str], *, timeout: float = 10.0, stdin: str | None = None) -> str:
+    try:
+        done = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DeadlineExceeded(f"{' '.join(argv)}: timed out after {timeout} s") from exc
+    if done.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _list_namespaces() -> list[str]:
+    out = _run(["ip", "netns", "list"])
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _kill_namespace_pids(ns: str) -> None:
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    for word in done.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(word), signal.SIGKILL)
+
+
+def _delete_namespace(ns: str) -> None:
+    _kill_namespace_pids(ns)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def reap_stale() -> list[str]:
+    """Delete lab namespaces whose owning process is gone (a run killed with -9)."""
+    reaped = []
+    for ns in _list_namespaces():
+        match = _NS_RE.match(ns)
+        if match and not _pid_alive(int(match.group(1))):
+            _delete_namespace(ns)
+            reaped.append(ns)
+    return reaped
+
+
+def _set_pdeathsig() -> None:
+    # Runs in the child between fork and exec: the daemon is SIGKILLed if the test
+    # process dies, so that even a kill -9 of pytest leaves no daemon behind.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _NotifyListener:
+    """The sd_notify datagram socket of one daemon; a thread drains it (a full socket
+    buffer would block a daemon that notifies with a blocking send)."""
+
+    def __init__(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.path = path
+        self.messages: list[str] = []
+        self._ready = threading.Event()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.1)
+        self._stop = False
+        self._thread = threading.Thread(target=self._drain, name=f"notify:{path}", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            text = data.decode("utf-8", "replace")
+            self.messages.append(text)
+            if "READY=1" in text.splitlines():
+                self._ready.set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=1.0)
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+@dataclass
+class Daemon:
+    """One node's meshd: its files survive restarts (same identity and store)."""
+
+    node: str
+    state_dir: Path
+    socket_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    notify: _NotifyListener | None = None
+    ready_s: float | None = None  # start → READY=1 of the latest start
+    starts: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    a: str
+    b: str
+    index: int
+
+
+class NetnsLab:
+    """N namespaces joined by veth pairs; use :meth:`create` and always :meth:`close`."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.tag = f"{NS_PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.nodes: list[str] = []
+        self.links: list[_Link] = []
+        self.daemons: dict[str, Daemon] = {}
+        self._loss: dict[tuple[str, str], int] = {}  # (node, peer) → % dropped on ingress
+        self._made: list[str] = []
+        self._closed = False
+
+    # ---------------------------------------------------------------- set-up
+
+    @classmethod
+    def create(
+        cls,
+        nodes: Sequence[str],
+        links: Iterable[tuple[str, str]],
+        workdir: Path,
+        *,
+        ipv4: bool = False,
+    ) -> NetnsLab:
+        """Build the topology; on any failure everything made so far is removed."""
+        lab = cls(workdir)
+        try:
+            lab._build(nodes, list(links), ipv4=ipv4)
+        except BaseException:
+            lab.close()
+            raise
+        return lab
+
+    def _build(self, nodes: Sequence[str], links: list[tuple[str, str]], *, ipv4: bool) -> None:
+        if len(set(nodes)) != len(nodes):
+            raise InvalidArgument("node names must be unique", field="nodes")
+        for node in nodes:
+            if not _NODE_RE.match(node):
+                raise InvalidArgument(
+                    f"bad node name {node!r} ([a-z][a-z0-9]{{0,7}})", field="nodes"
+                )
+        seen: set[frozenset[str]] = set()
+        for a, b in links:
+            if a not in nodes or b not in nodes or a == b:
+                raise InvalidArgument(f"link {a}-{b} must join two known nodes", field="links")
+            if frozenset((a, b)) in seen:
+                raise InvalidArgument(f"link {a}-{b} given twice", field="links")
+            seen.add(frozenset((a, b)))
+        reap_stale()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for node in nodes:
+            self._add_namespace(node)
+        for index, (a, b) in enumerate(links):
+            self._add_link(_Link(a, b, index), ipv4=ipv4)
+
+    def _add_namespace(self, node: str) -> None:
+        ns = self.ns(node)
+        _run(["ip", "netns", "add", ns])
+        self._made.append(ns)
+        self.nodes.append(node)
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # No forwarding (multi-hop is the mesh's job); no DAD so that link-local
+        # addresses are usable at once instead of after ~1 s of tentative state.
+        self._sysctl(
+            node,
+            "net.ipv4.ip_forward=0",
+            "net.ipv6.conf.all.forwarding=0",
+            "net.ipv6.conf.default.forwarding=0",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        )
+
+    def _add_link(self, link: _Link, *, ipv4: bool) -> None:
+        a_if, b_if = self.ifname(link.a, link.b), self.ifname(link.b, link.a)
+        a_ns, b_ns = self.ns(link.a), self.ns(link.b)
+        # Created directly inside the namespaces: no name ever exists in the root one.
+        _run(["ip", "link", "add", a_if, "netns", a_ns, "type", "veth",
+              "peer", "name", b_if, "netns", b_ns])  # fmt: skip
+        self.links.append(link)
+        if ipv4:
+            _run(["ip", "-n", a_ns, "addr", "add", f"{self._v4(link, 1)}/30", "dev", a_if])
+            _run(["ip", "-n", b_ns, "addr", "add", f"{self._v4(link, 2)}/30", "dev", b_if])
+        _run(["ip", "-n", a_ns, "link", "set", a_if, "up"])
+        _run(["ip", "-n", b_ns, "link", "set", b_if, "up"])
+
+    def _sysctl(self, node: str, *settings: str) -> None:
+        _run(["ip", "netns", "exec", self.ns(node), "sysctl", "-qw", *settings])
+
+    @staticmethod
+    def _v4(link: _Link, host: int) -> str:
+        base = link.index * 4  # one /30 per link: .1 for end a, .2 for end b
+        return f"10.{200 + base // 65536}.{base // 256 % 256}.{base % 256 + host}"
+
+    # ---------------------------------------------------------------- naming
+
+    def ns(self, node: str) -> str:
+        return f"{self.tag}-{node}"
+
+    def ifname(self, node: str, peer: str) -> str:
+        """The name, inside ``node``'s namespace, of the veth end facing ``peer``."""
+        return f"ve-{peer}"
+
+    def _link(self, a: str, b: str) -> _Link:
+        for link in self.links:
+            if {link.a, link.b} == {a, b}:
+                return link
+        raise InvalidArgument(f"no link between {a} and {b}", field="link")
+
+    def ipv4(self, node: str, peer: str) -> str:
+        """``node``'s IPv4 address on its link to ``peer`` (labs made with ipv4=True)."""
+        link = self._link(node, peer)
+        return self._v4(link, 1 if node == link.a else 2)
+
+    def link_local(self, node: str, peer: str) -> str:
+        """``node``'s fe80:: address on its link to ``peer``, without the scope."""
+        out = _run(["ip", "-n", self.ns(node), "-6", "-o", "addr", "show", "dev",
+                    self.ifname(node, peer), "scope", "link"])  # fmt: skip
+        for line in out.split("\n"):
+            words = line.split()
+            if "inet6" in words:
+                return words[words.index("inet6") + 1].split("/")[0]
+        raise LabError(f"{node} has no link-local address towards {peer}")
+
+    # ---------------------------------------------------------------- commands
+
+    def exec(
+        self, node: str, argv: Sequence[str], *, timeout: float = 10.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside ``node``'s namespace."""
+        cmd = ["ip", "netns", "exec", self.ns(node), *argv]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise DeadlineExceeded(f"{' '.join(argv)} in {node}: timed out") from exc
+        if check and done.returncode != 0:
+            raise LabError(f"{' '.join(argv)} in {node}: exit {done.returncode}: {done.stderr}")
+        return done
+
+    def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        """Start a command inside ``node``'s namespace (killed by :meth:`close`)."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(node), *argv],
+            text=True,
+            preexec_fn=_set_pdeathsig,
+            **kwargs,
+        )
+
+    # ---------------------------------------------------------------- loss
+
+    def set_loss(self, a: str, b: str, percent: int) -> None:
+        """Drop ``percent`` % of the packets in each direction of the a-b link."""
+        if not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise InvalidArgument("loss is an integer percentage 0..100", field="percent")
+        self._link(a, b)
+        self._loss[(a, b)] = percent
+        self._loss[(b, a)] = percent
+        self._apply_loss(a)
+        self._apply_loss(b)
+
+    def set_loss_all(self, percent: int) -> None:
+        for link in self.links:
+            self.set_loss(link.a, link.b, percent)
+
+    def _apply_loss(self, node: str) -> None:
+        # One netdev table per namespace, one ingress chain per veth: dropping on the
+        # receiving end of each direction loses `percent` % of every packet on the
+        # wire (ND and multicast beacons included, like a lossy radio would).
+        chains = []
+        for (owner, peer), percent in sorted(self._loss.items()):
+            if owner != node or percent == 0:
+                continue
+            dev = self.ifname(node, peer)
+            chains.append(
+                f'  chain loss_{peer} {{ type filter hook ingress device "{dev}" priority 0;'
+                f" numgen random mod 100 < {percent} drop; }}"
+            )
+        # "add then delete" makes the flush idempotent in one atomic transaction.
+        script = f"table netdev {_NFT_TABLE} {{}}\ndelete table netdev {_NFT_TABLE}\n"
+        if chains:
+            script += f"table netdev {_NFT_TABLE} {{\n" + "\n".join(chains) + "\n}\n"
+        _run(["ip", "netns", "exec", self.ns(node), "nft", "-f", "-"], stdin=script)
+
+    def link_down(self, a: str, b: str) -> None:
+        """Cut the a-b link (both ends down); :meth:`link_up` restores it."""
+        self._link(a, b)
+        _run(["ip", "-n", self.ns(a), "link", "set", self.ifname(a, b), "down"])
+        _run(["ip", "-n", self.ns(b), "link", "set", self.ifname(b, a), "down"])
+
+    def link_up(self, a: str, b: str) -> None:
+        self._link(a, b)
+        _run(["ip", "-n", self.ns(a), "link", "set", self.ifname(a, b), "up"])
+        _run(["ip", "-n", self.ns(b), "link", "set", self.ifname(b, a), "up"])
+
+    # ---------------------------------------------------------------- daemons
+
+    def daemon(self, node: str) -> Daemon:
+        if node not in self.nodes:
+            raise InvalidArgument(f"unknown node {node!r}", field="node")
+        if node not in self.daemons:
+            home = self.workdir / node
+            home.mkdir(parents=True, exist_ok=True)
+            self.daemons[node] = Daemon(
+                node=node,
+                state_dir=home / "state",
+                socket_path=home / "meshd.sock",
+                log_path=home / "meshd.log",
+            )
+        return self.daemons[node]
+
+    def _env(self, home: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHD_", "NOTIFY_"))}
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = f"{_REPO_ROOT}{os.pathsep}{path}" if path else str(_REPO_ROOT)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["XDG_DATA_HOME"] = str(home / "xdg-data")
+        env["XDG_RUNTIME_DIR"] = str(home / "xdg-run")
+        env["XDG_CONFIG_HOME"] = str(home / "xdg-config")
+        return env
+
+    def start(
+        self, node: str, *extra_args: str, wait_ready: bool = True, timeout: float = 15.0
+    ) -> Daemon:
+        """Start ``meshd`` in ``node``'s namespace with no peer list (it must discover
+        its neighbours); waits for sd_notify READY=1 unless ``wait_ready`` is False."""
+        d = self.daemon(node)
+        if d.running:
+            raise FailedPrecondition(f"meshd on {node} is already running", field="node")
+        self._reap(d)
+        home = d.log_path.parent
+        d.extra_args = list(extra_args)
+        d.notify = _NotifyListener(home / "notify.sock")
+        env = self._env(home)
+        env["NOTIFY_SOCKET"] = str(d.notify.path)
+        argv = [
+            sys.executable, "-m", "meshd",
+            "--state-dir", str(d.state_dir),
+            "--socket", str(d.socket_path),
+            "--log-format", "json",
+            *extra_args,
+        ]  # fmt: skip
+        with d.log_path.open("ab") as log:
+            log.write(f"=== start {d.starts + 1}: {' '.join(argv)}\n".encode())
+            log.flush()
+            started = time.monotonic()
+            d.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(node), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=home,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,
+            )
+        d.starts += 1
+        d.ready_s = None
+        if wait_ready:
+            self.wait_ready(node, timeout=timeout, started=started)
+        return d
+
+    def wait_ready(
+        self, node: str, *, timeout: float = 15.0, started: float | None = None
+    ) -> float:
+        """Wait for READY=1; returns seconds since ``started`` (or since this call)."""
+        d = self.daemon(node)
+        t0 = time.monotonic() if started is None else started
+        deadline = t0 + timeout
+        assert d.notify is not None and d.proc is not None
+        while time.monotonic() < deadline:
+            if d.notify.wait_ready(0.02):
+                d.ready_s = time.monotonic() - t0
+                return d.ready_s
+            if d.proc.poll() is not None:
+                raise LabError(
+                    f"meshd on {node} exited with {d.proc.returncode} before READY:\n"
+                    + self.log_tail(node)
+                )
+        raise DeadlineExceeded(
+            f"meshd on {node} not READY after {timeout} s:\n" + self.log_tail(node)
+        )
+
+    def stop(self, node: str, *, timeout: float = 10.0) -> int:
+        """SIGTERM (a clean shutdown); SIGKILL if it has not exited after ``timeout``."""
+        d = self.daemon(node)
+        if d.proc is None:
+            raise FailedPrecondition(f"meshd on {node} was never started", field="node")
+        if d.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(d.proc.pid, signal.SIGTERM)
+            try:
+                d.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9(node)
+        self._reap(d)
+        return d.proc.returncode
+
+    def kill9(self, node: str) -> None:
+        """``kill -9``: no chance to flush or say goodbye."""
+        d = self.daemon(node)
+        if d.proc is None:
+            raise FailedPrecondition(f"meshd on {node} was never started", field="node")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(d.proc.pid, signal.SIGKILL)
+        d.proc.wait(5.0)
+        self._reap(d)
+
+    def restart(self, node: str, *, timeout: float = 15.0) -> Daemon:
+        d = self.daemon(node)
+        if d.running:
+            self.stop(node)
+        return self.start(node, *d.extra_args, timeout=timeout)
+
+    @staticmethod
+    def _reap(d: Daemon) -> None:
+        if d.notify is not None and (d.proc is None or d.proc.poll() is not None):
+            d.notify.close()
+            d.notify = None
+
+    def rss_kib(self, node: str) -> int:
+        """Resident set size of the daemon (VmRSS), in KiB."""
+        d = self.daemon(node)
+        if d.proc is None or d.proc.poll() is not None:
+            raise FailedPrecondition(f"meshd on {node} is not running", field="node")
+        for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise LabError(f"no VmRSS for pid {d.proc.pid}")
+
+    # ---------------------------------------------------------------- meshctl
+
+    def meshctl(
+        self, node: str, *args: str, timeout: float = 30.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``meshctl --socket <node's socket> ARGS`` (from the test's namespace: the
+        API is a Unix socket, which namespaces do not separate)."""
+        d = self.daemon(node)
+        argv = [sys.executable, "-m", "meshctl", "--socket", str(d.socket_path), *args]
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self._env(d.log_path.parent),
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DeadlineExceeded(f"meshctl {' '.join(args)} on {node}: timed out") from exc
+        if check and done.returncode != 0:
+            raise LabError(
+                f"meshctl {' '.join(args)} on {node}: exit {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}"
+            )
+        return done
+
+    def meshctl_json(self, node: str, *args: str, timeout: float = 30.0) -> Any:
+        return json.loads(self.meshctl(node, "--json", *args, timeout=timeout).stdout)
+
+    def meshctl_json_lines(self, node: str, *args: str, timeout: float = 30.0) -> list[Any]:
+        out = self.meshctl(node, "--json", *args, timeout=timeout).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # ---------------------------------------------------------------- logs
+
+    def log_tail(self, node: str, lines: int = 60) -> str:
+        path = self.daemon(node).log_path
+        if not path.exists():
+            return f"(no log for {node})"
+        text = path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def collect_logs(self, dest: Path | None = None, *, lines: int = 80) -> str:
+        """Every node's log tail as one text (also copied whole into ``dest``)."""
+        parts = []
+        for node in self.nodes:
+            d = self.daemons.get(node)
+            if d is None:
+                continue
+            if dest is not None and d.log_path.exists():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy(d.log_path, dest / f"{node}-meshd.log")
+            state = "running" if d.running else "stopped"
+            parts.append(
+                f"----- {node} ({state}, {d.starts} starts) -----\n" + self.log_tail(node, lines)
+            )
+        return "\n".join(parts)
+
+    # ---------------------------------------------------------------- teardown
+
+    def close(self) -> None:
+        """Kill every daemon and process in the lab, delete every namespace. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for d in self.daemons.values():
+            if d.proc is not None and d.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(d.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    d.proc.wait(5.0)
+            if d.notify is not None:
+                d.notify.close()
+                d.notify = None
+        for ns in self._made:
+            _delete_namespace(ns)
+        self._made.clear()
+
+    def __enter__(self) -> NetnsLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def lab(
+    nodes: Sequence[str], links: Iterable[tuple[str, str]], workdir: Path, *, ipv4: bool = False
+) -> Iterator[NetnsLab]:
+    """``with lab(...) as l:`` — a :class:`NetnsLab` that is always closed."""
+    made = NetnsLab.create(nodes, links, workdir, ipv4=ipv4)
+    try:
+        yield made
+    finally:
+        made.close()
