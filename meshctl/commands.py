@@ -1,0 +1,144 @@
+"""meshctl's commands: each takes the parsed arguments and an open channel, returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import TextIO
+
+import grpc
+
+from meshctl import format as fmt
+from meshd.api.v1 import messaging_pb2 as mpb
+from meshd.api.v1 import messaging_pb2_grpc as mgrpc
+from meshd.api.v1 import node_pb2 as npb
+from meshd.api.v1 import node_pb2_grpc as ngrpc
+
+
+class CommandFailed(Exception):
+    """A clear one-line reason to exit non-zero (printed as ``meshctl: <reason>``)."""
+
+
+class Context:
+    """What every command needs: stubs, call metadata, output mode and streams."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, args: argparse.Namespace, out: TextIO
+    ) -> None:
+        self.node = ngrpc.NodeServiceStub(channel)
+        self.messaging = mgrpc.MessagingServiceStub(channel)
+        self.metadata = (("meshd-app", args.app),)
+        self.json: bool = args.json
+        self.out = out
+
+    def print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+async def status(ctx: Context, args: argparse.Namespace) -> int:
+    resp = await ctx.node.GetStatus(npb.GetStatusRequest(), metadata=ctx.metadata)
+    transports = await ctx.node.ListTransports(npb.ListTransportsRequest(), metadata=ctx.metadata)
+    if ctx.json:
+        doc = fmt.to_dict(resp)
+        doc["transports"] = [fmt.to_dict(t) for t in transports.transports]
+        ctx.print(json.dumps(doc, sort_keys=True))
+    else:
+        ctx.print(fmt.status_text(resp, transports.transports))
+    return 0
+
+
+async def peers(ctx: Context, args: argparse.Namespace) -> int:
+    resp = await ctx.node.ListNeighbours(npb.ListNeighboursRequest(), metadata=ctx.metadata)
+    now = time.time()
+    ctx.print(fmt.to_json(resp) if ctx.json else fmt.neighbours_table(resp.neighbours, now=now))
+    return 0
+
+
+async def routes(ctx: Context, args: argparse.Namespace) -> int:
+    resp = await ctx.node.ListRoutes(npb.ListRoutesRequest(), metadata=ctx.metadata)
+    ctx.print(fmt.to_json(resp) if ctx.json else fmt.routes_table(resp.routes, now=time.time()))
+    return 0
+
+
+async def history(ctx: Context, args: argparse.Namespace) -> int:
+    req = mpb.ListHistoryRequest(peer=args.peer or "", limit=args.limit)
+    resp = await ctx.messaging.ListHistory(req, metadata=ctx.metadata)
+    ctx.print(fmt.to_json(resp) if ctx.json else fmt.history_table(resp.messages))
+    return 0
+
+
+async def watch(ctx: Context, args: argparse.Namespace) -> int:
+    req = mpb.SubscribeRequest()
+    if args.from_cursor is not None:
+        req.after_cursor = args.from_cursor
+    stream = ctx.messaging.Subscribe(req, metadata=ctx.metadata)
+    async for event in stream:
+        ctx.print(fmt.to_json(event) if ctx.json else fmt.event_line(event))
+    return 0
+
+
+async def send(ctx: Context, args: argparse.Namespace) -> int:
+    req = mpb.SendMessageRequest(dst=args.address, payload=args.text.encode("utf-8"))
+    if not args.wait:
+        resp = await ctx.messaging.SendMessage(req, metadata=ctx.metadata)
+        if ctx.json:
+            ctx.print(fmt.to_json(resp))
+        else:
+            ctx.print(f"{resp.message_id}  {fmt.state_name(resp.state)}")
+        return 0
+    return await _send_and_wait(ctx, req, args.timeout)
+
+
+async def _send_and_wait(ctx: Context, req: mpb.SendMessageRequest, wait_s: float) -> int:
+    """Subscribe first, then send, so the DELIVERED event cannot slip past unseen."""
+    stream = ctx.messaging.Subscribe(mpb.SubscribeRequest(), metadata=ctx.metadata)
+    deadline = time.monotonic() + wait_s
+    try:
+        await asyncio.wait_for(stream.wait_for_connection(), wait_s)
+        resp = await ctx.messaging.SendMessage(
+            req, metadata=ctx.metadata, timeout=max(0.1, deadline - time.monotonic())
+        )
+        if not ctx.json:
+            print(f"{resp.message_id}  {fmt.state_name(resp.state)}", file=sys.stderr, flush=True)
+        final = await asyncio.wait_for(
+            _final_state(ctx, stream, resp.message_id), max(0.0, deadline - time.monotonic())
+        )
+    except TimeoutError:
+        raise CommandFailed(
+            f"no delivery confirmation within {wait_s:g} s (the message stays queued in meshd)"
+        ) from None
+    finally:
+        stream.cancel()
+    if ctx.json:
+        ctx.print(fmt.to_json(final))
+    if final.state == mpb.DELIVERY_STATE_DELIVERED:
+        if not ctx.json:
+            ctx.print(f"{final.message_id}  delivered")
+        return 0
+    raise CommandFailed(f"message {final.message_id} failed: {final.reason or 'no reason given'}")
+
+
+async def _final_state(
+    ctx: Context, stream: grpc.aio.UnaryStreamCall, message_id: str
+) -> mpb.DeliveryStateChanged:
+    async for event in stream:
+        if event.WhichOneof("kind") != "delivery_state":
+            continue
+        change: mpb.DeliveryStateChanged = event.delivery_state
+        if change.message_id == message_id and change.state in (
+            mpb.DELIVERY_STATE_DELIVERED,
+            mpb.DELIVERY_STATE_FAILED,
+        ):
+            return change
+    # The stream ended (daemon stopping): ask once more before giving up.
+    msg = await ctx.messaging.GetMessage(
+        mpb.GetMessageRequest(message_id=message_id), metadata=ctx.metadata
+    )
+    if msg.state in (mpb.DELIVERY_STATE_DELIVERED, mpb.DELIVERY_STATE_FAILED):
+        return mpb.DeliveryStateChanged(
+            message_id=message_id, dst=msg.peer, state=msg.state, reason=msg.reason
+        )
+    raise CommandFailed("meshd closed the event stream before the message was delivered")
