@@ -70,6 +70,7 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
             message_id=record.message_id.hex(),
             state=convert.delivery_state(record.state),
             created_at=convert.timestamp(record.created_at),
+            cursor=record.cursor or 0,
         )
 
     async def GetMessage(self, request: mpb.GetMessageRequest, context: Any) -> mpb.Message:

@@ -113,9 +113,14 @@ class SendMessageResponse(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Hex."""
     state: Global___DeliveryState.ValueType
+    cursor: _builtins.int
+    """Event-log cursor that recorded the message (0 when unknown): Subscribe with
+    after_cursor = cursor - 1 sees every later state change of it and nothing older.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -124,10 +129,11 @@ class SendMessageResponse(_message.Message):
         message_id: _builtins.str = ...,
         state: Global___DeliveryState.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        cursor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "message_id", b"message_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cursor", b"cursor", "message_id", b"message_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
