@@ -1,0 +1,139 @@
+"""Opening the state database: pragmas, integrity check, schema version and migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from meshd.errors import StoreError
+
+# history.cursor is the event-log cursor of the event that recorded the message (QUEUED
+# for outgoing, MESSAGE_RECEIVED for incoming), so history pages and the event stream
+# share one cursor space.
+# Each entry migrates from version i to i + 1 (PRAGMA user_version). Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE apps (
+        app_id      TEXT PRIMARY KEY,
+        owner_uid   INTEGER NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE outbox (
+        message_id  BLOB PRIMARY KEY,
+        app_id      TEXT NOT NULL,
+        dst         BLOB NOT NULL,
+        payload     BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE history (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        cursor      INTEGER NOT NULL,
+        message_id  BLOB NOT NULL,
+        app_id      TEXT NOT NULL,
+        direction   TEXT NOT NULL,
+        peer        BLOB NOT NULL,
+        payload     BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        state       TEXT,
+        reason      TEXT,
+        hops        INTEGER,
+        UNIQUE (direction, peer, message_id)
+    );
+    CREATE INDEX history_app ON history (app_id, cursor);
+    CREATE INDEX history_app_peer ON history (app_id, peer, cursor);
+    CREATE INDEX history_message ON history (message_id);
+    CREATE TABLE events (
+        cursor      INTEGER PRIMARY KEY AUTOINCREMENT,
+        app_id      TEXT,
+        kind        TEXT NOT NULL,
+        at          REAL NOT NULL,
+        history_id  INTEGER,
+        state       TEXT,
+        reason      TEXT,
+        peer        BLOB,
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_at ON events (at);
+    CREATE TABLE peers (
+        address       BLOB PRIMARY KEY,
+        signing_key   BLOB NOT NULL,
+        exchange_key  BLOB NOT NULL,
+        first_seen    REAL NOT NULL,
+        last_seen     REAL NOT NULL,
+        endpoint      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE paths (
+        dst         BLOB PRIMARY KEY,
+        next_hop    BLOB NOT NULL,
+        hops        INTEGER NOT NULL,
+        cost        REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE custody (
+        frame_id     BLOB PRIMARY KEY,
+        dst          BLOB NOT NULL,
+        frame        BLOB NOT NULL,
+        received_at  REAL NOT NULL,
+        expires_at   REAL NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate; raise StoreError with a clear reason.
+
+    The file is never deleted or rewritten on error: the operator decides what to do.
+    """
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open state database {path}: {exc}") from exc
+    try:
+        conn.execute("PRAGMA busy_timeout = 2000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"state database {path}: cannot enable WAL (journal_mode={mode})")
+        # FULL: a commit is on disk when it returns (WAL fsync), so whatever the daemon
+        # acknowledged to an app survives kill -9 and power loss. Measured ~0.1 ms per commit
+        # here; commits are grouped per event-loop pass (meshd.node).
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StoreError(f"state database {path} is corrupted: {check}")
+        _migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(
+            f"state database {path} is unreadable ({exc}); it was left untouched: move it "
+            "aside to start with an empty store"
+        ) from exc
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"state database {path} has schema version {version}, newer than this meshd "
+            f"understands ({SCHEMA_VERSION}); upgrade meshd"
+        )
+    for target in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,507 @@
+"""The node's SQLite store: outbox, message history, per-app event log, peers, paths, custody.
+
+One connection, used from the event-loop thread only. Writes open a transaction lazily;
+the node commits once per event-loop pass (group commit), and a commit returns only when
+the data is on disk (``synchronous=FULL``, see ``schema.open_database``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from meshd.address import NodeAddress
+from meshd.crypto.identity import PublicIdentity
+from meshd.errors import MeshdError, StoreError
+from meshd.node_api import AppEvent, AppEventKind, Direction, MessageRecord
+from meshd.router.events import DeliveryState
+from meshd.store.schema import open_database
+
+# Retention of the event log (what Subscribe can resume from).
+EVENT_RETENTION_COUNT = 100_000
+EVENT_RETENTION_SECONDS = 7 * 24 * 3600.0
+
+_HISTORY_COLS = (
+    "h.id, h.cursor, h.message_id, h.app_id, h.direction, h.peer, h.payload, h.created_at, "
+    "h.state, h.reason, h.hops"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutbox:
+    """An outbox row: times are unix seconds (the core's monotonic times do not survive)."""
+
+    message_id: bytes
+    app_id: str
+    dst: NodeAddress
+    payload: bytes  # the encoded app envelope, as handed to the core
+    created_at: float
+    expires_at: float
+    state: DeliveryState
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPeer:
+    address: NodeAddress
+    identity: PublicIdentity
+    first_seen: float
+    last_seen: float
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPath:
+    dst: NodeAddress
+    next_hop: NodeAddress
+    hops: int
+    cost: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCustody:
+    frame_id: bytes
+    dst: NodeAddress
+    frame: bytes
+    received_at: float
+    expires_at: float
+
+
+class Store:
+    """Typed access to the state database. Not thread-safe: event-loop thread only."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        return cls(open_database(path), path)
+
+    # --- transactions -------------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable (no-op when nothing is pending)."""
+        if self._conn.in_transaction:
+            with self._errors("commit"):
+                self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self._conn.close()
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._errors("write"):
+            if not self._conn.in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+            return self._conn.execute(sql, params)
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._errors("read"):
+            return self._conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self.path}: {what} failed: {exc}") from exc
+
+    # --- apps ---------------------------------------------------------------------
+    def app_owner(self, app_id: str) -> int | None:
+        rows = self._read("SELECT owner_uid FROM apps WHERE app_id = ?", (app_id,))
+        return int(rows[0][0]) if rows else None
+
+    def claim_app(self, app_id: str, uid: int, now: float) -> None:
+        self._write(
+            "INSERT OR IGNORE INTO apps (app_id, owner_uid, created_at) VALUES (?, ?, ?)",
+            (app_id, uid, now),
+        )
+
+    # --- outgoing messages ---------------------------------------------------------
+    def add_outgoing(
+        self,
+        *,
+        message_id: bytes,
+        app_id: str,
+        dst: NodeAddress,
+        envelope: bytes,
+        content: bytes,
+        created_at: float,
+        expires_at: float,
+    ) -> MessageRecord:
+        """Outbox row + history row + a QUEUED event for the app; returns the record."""
+        self._write(
+            "INSERT INTO outbox (message_id, app_id, dst, payload, created_at, expires_at, "
+            "state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            (message_id, app_id, dst.raw, envelope, created_at, expires_at, "queued"),
+        )
+        record = MessageRecord(
+            message_id=message_id,
+            app_id=app_id,
+            direction=Direction.OUTGOING,
+            peer=dst,
+            payload=content,
+            created_at=created_at,
+            state=DeliveryState.QUEUED,
+            reason=None,
+            hops=None,
+        )
+        cursor = self._add_history(record, AppEventKind.DELIVERY_STATE, created_at)
+        return _with_cursor(record, cursor)
+
+    def set_outgoing_state(
+        self, message_id: bytes, state: DeliveryState, reason: str | None, *, at: float
+    ) -> int | None:
+        """Record a delivery state change and its event; the event cursor, or None when
+        ``message_id`` is not a message of ours (then nothing is written)."""
+        rows = self._read(
+            "SELECT id, app_id, peer FROM history WHERE message_id = ? AND direction = ?",
+            (message_id, Direction.OUTGOING.value),
+        )
+        if not rows:
+            return None
+        history_id, app_id, peer = rows[0]
+        self._write(
+            "UPDATE history SET state = ?, reason = ? WHERE id = ?",
+            (state.value, reason, history_id),
+        )
+        if state.is_final:
+            self._write("DELETE FROM outbox WHERE message_id = ?", (message_id,))
+        else:
+            self._write(
+                "UPDATE outbox SET state = ? WHERE message_id = ?", (state.value, message_id)
+            )
+        return self.append_event(
+            app_id,
+            AppEventKind.DELIVERY_STATE,
+            at,
+            history_id=history_id,
+            state=state,
+            reason=reason,
+            peer=NodeAddress(bytes(peer)),
+        )
+
+    def set_attempts(self, attempts: list[tuple[bytes, int]]) -> None:
+        for message_id, n in attempts:
+            self._write("UPDATE outbox SET attempts = ? WHERE message_id = ?", (n, message_id))
+
+    def outbox(self) -> tuple[list[StoredOutbox], list[str]]:
+        """Every outbox row that decodes, and one error line per row that does not (those
+        rows are left in the database untouched)."""
+        good: list[StoredOutbox] = []
+        bad: list[str] = []
+        for row in self._read(
+            "SELECT message_id, app_id, dst, payload, created_at, expires_at, state, attempts "
+            "FROM outbox ORDER BY created_at"
+        ):
+            try:
+                good.append(
+                    StoredOutbox(
+                        message_id=_blob(row[0], 8, "message_id"),
+                        app_id=str(row[1]),
+                        dst=NodeAddress(bytes(row[2])),
+                        payload=bytes(row[3]),
+                        created_at=float(row[4]),
+                        expires_at=float(row[5]),
+                        state=DeliveryState(row[6]),
+                        attempts=int(row[7]),
+                    )
+                )
+            except (MeshdError, ValueError, TypeError) as exc:
+                bad.append(f"outbox row message_id={_hex(row[0])}: {exc}")
+        return good, bad
+
+    def outbox_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM outbox")[0][0])
+
+    # --- incoming messages ---------------------------------------------------------
+    def add_incoming(
+        self,
+        *,
+        message_id: bytes,
+        app_id: str,
+        src: NodeAddress,
+        content: bytes,
+        received_at: float,
+        hops: int,
+    ) -> MessageRecord | None:
+        """History row + MESSAGE_RECEIVED event; None when this (src, id) was stored before
+        (a retransmission after a restart: delivered to the app once only)."""
+        record = MessageRecord(
+            message_id=message_id,
+            app_id=app_id,
+            direction=Direction.INCOMING,
+            peer=src,
+            payload=content,
+            created_at=received_at,
+            state=None,
+            reason=None,
+            hops=hops,
+        )
+        dup = self._read(
+            "SELECT 1 FROM history WHERE direction = ? AND peer = ? AND message_id = ?",
+            (Direction.INCOMING.value, src.raw, message_id),
+        )
+        if dup:
+            return None
+        cursor = self._add_history(record, AppEventKind.MESSAGE_RECEIVED, received_at)
+        return _with_cursor(record, cursor)
+
+    def _add_history(self, rec: MessageRecord, kind: AppEventKind, at: float) -> int:
+        cur = self._write(
+            "INSERT INTO history (cursor, message_id, app_id, direction, peer, payload, "
+            "created_at, state, reason, hops) VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rec.message_id,
+                rec.app_id,
+                rec.direction.value,
+                rec.peer.raw,
+                rec.payload,
+                rec.created_at,
+                rec.state.value if rec.state else None,
+                rec.reason,
+                rec.hops,
+            ),
+        )
+        history_id = cur.lastrowid
+        cursor = self.append_event(
+            rec.app_id, kind, at, history_id=history_id, state=rec.state, peer=rec.peer
+        )
+        self._write("UPDATE history SET cursor = ? WHERE id = ?", (cursor, history_id))
+        return cursor
+
+    # --- history -------------------------------------------------------------------
+    def history(
+        self,
+        app_id: str,
+        *,
+        peer: NodeAddress | None,
+        limit: int,
+        before_cursor: int | None,
+    ) -> list[MessageRecord]:
+        """Newest first."""
+        sql = f"SELECT {_HISTORY_COLS} FROM history h WHERE h.app_id = ?"
+        params: list[Any] = [app_id]
+        if peer is not None:
+            sql += " AND h.peer = ?"
+            params.append(peer.raw)
+        if before_cursor is not None:
+            sql += " AND h.cursor < ?"
+            params.append(before_cursor)
+        sql += " ORDER BY h.cursor DESC LIMIT ?"
+        params.append(limit)
+        return [_record(row) for row in self._read(sql, tuple(params))]
+
+    def get_message(self, app_id: str, message_id: bytes) -> MessageRecord | None:
+        """Outgoing first (ids we chose are unique), else the newest incoming one."""
+        rows = self._read(
+            f"SELECT {_HISTORY_COLS} FROM history h WHERE h.app_id = ? AND h.message_id = ? "
+            "ORDER BY h.direction = 'outgoing' DESC, h.cursor DESC LIMIT 1",
+            (app_id, message_id),
+        )
+        return _record(rows[0]) if rows else None
+
+    # --- event log -----------------------------------------------------------------
+    def append_event(
+        self,
+        app_id: str | None,
+        kind: AppEventKind,
+        at: float,
+        *,
+        history_id: int | None = None,
+        state: DeliveryState | None = None,
+        reason: str | None = None,
+        peer: NodeAddress | None = None,
+        detail: str = "",
+    ) -> int:
+        """Append one event (``app_id`` None: a node-wide event every app sees)."""
+        cur = self._write(
+            "INSERT INTO events (app_id, kind, at, history_id, state, reason, peer, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                app_id,
+                kind.value,
+                at,
+                history_id,
+                state.value if state else None,
+                reason,
+                peer.raw if peer else None,
+                detail,
+            ),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def events_after(self, app_id: str, cursor: int, *, limit: int) -> list[AppEvent]:
+        rows = self._read(
+            "SELECT e.cursor, e.kind, e.at, e.state, e.reason, e.peer, e.detail, "
+            f"e.history_id, {_HISTORY_COLS} FROM events e LEFT JOIN history h "
+            "ON h.id = e.history_id WHERE e.cursor > ? AND (e.app_id = ? OR e.app_id IS NULL) "
+            "ORDER BY e.cursor LIMIT ?",
+            (cursor, app_id, limit),
+        )
+        return [_event(row) for row in rows]
+
+    def last_cursor(self) -> int:
+        return int(self._read("SELECT coalesce(max(cursor), 0) FROM events")[0][0])
+
+    def prune_events(
+        self,
+        *,
+        now: float,
+        keep: int = EVENT_RETENTION_COUNT,
+        max_age: float = EVENT_RETENTION_SECONDS,
+    ) -> int:
+        """Drop events beyond the retention bounds; returns how many went."""
+        last = self.last_cursor()
+        cur = self._write(
+            "DELETE FROM events WHERE cursor <= ? OR at < ?", (last - keep, now - max_age)
+        )
+        return cur.rowcount
+
+    # --- peers, paths, custody -----------------------------------------------------
+    def upsert_peer(self, identity: PublicIdentity, *, now: float, endpoint: str = "") -> None:
+        self._write(
+            "INSERT INTO peers (address, signing_key, exchange_key, first_seen, last_seen, "
+            "endpoint) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (address) DO UPDATE SET "
+            "signing_key = excluded.signing_key, exchange_key = excluded.exchange_key, "
+            "last_seen = excluded.last_seen, "
+            "endpoint = CASE WHEN excluded.endpoint = '' THEN endpoint ELSE excluded.endpoint END",
+            (
+                identity.address.raw,
+                identity.signing_key,
+                identity.exchange_key,
+                now,
+                now,
+                endpoint,
+            ),
+        )
+
+    def peers(self) -> list[StoredPeer]:
+        out: list[StoredPeer] = []
+        for row in self._read(
+            "SELECT address, signing_key, exchange_key, first_seen, last_seen, endpoint "
+            "FROM peers ORDER BY last_seen DESC"
+        ):
+            try:
+                identity = PublicIdentity(bytes(row[1]), bytes(row[2]))
+                if identity.address.raw != bytes(row[0]):
+                    raise StoreError("address does not match its signing key")
+            except MeshdError as exc:
+                raise StoreError(f"peers row {_hex(row[0])}: {exc}") from exc
+            out.append(StoredPeer(identity.address, identity, row[3], row[4], row[5]))
+        return out
+
+    def set_path(
+        self, dst: NodeAddress, next_hop: NodeAddress, hops: int, cost: float, *, now: float
+    ) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO paths (dst, next_hop, hops, cost, updated_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (dst.raw, next_hop.raw, hops, cost, now),
+        )
+
+    def delete_path(self, dst: NodeAddress) -> None:
+        self._write("DELETE FROM paths WHERE dst = ?", (dst.raw,))
+
+    def paths(self) -> list[StoredPath]:
+        out: list[StoredPath] = []
+        for row in self._read("SELECT dst, next_hop, hops, cost, updated_at FROM paths"):
+            try:
+                dst, nh = NodeAddress(bytes(row[0])), NodeAddress(bytes(row[1]))
+            except MeshdError as exc:
+                raise StoreError(f"paths row {_hex(row[0])}: {exc}") from exc
+            out.append(StoredPath(dst, nh, int(row[2]), float(row[3]), float(row[4])))
+        return out
+
+    def put_custody(self, item: StoredCustody) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO custody (frame_id, dst, frame, received_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (item.frame_id, item.dst.raw, item.frame, item.received_at, item.expires_at),
+        )
+
+    def delete_custody(self, frame_id: bytes) -> None:
+        self._write("DELETE FROM custody WHERE frame_id = ?", (frame_id,))
+
+    def custody(self) -> list[StoredCustody]:
+        out: list[StoredCustody] = []
+        for row in self._read(
+            "SELECT frame_id, dst, frame, received_at, expires_at FROM custody "
+            "ORDER BY received_at"
+        ):
+            try:
+                dst = NodeAddress(bytes(row[1]))
+            except MeshdError as exc:
+                raise StoreError(f"custody row {_hex(row[0])}: {exc}") from exc
+            out.append(StoredCustody(bytes(row[0]), dst, bytes(row[2]), row[3], row[4]))
+        return out
+
+
+def _hex(value: object) -> str:
+    return value.hex() if isinstance(value, bytes) else repr(value)
+
+
+def _blob(value: object, length: int, name: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise StoreError(f"{name} is not {length} bytes")
+    return value
+
+
+def _with_cursor(rec: MessageRecord, cursor: int) -> MessageRecord:
+    return replace(rec, cursor=cursor)
+
+
+def _record(row: tuple[Any, ...] | list[Any]) -> MessageRecord:
+    """Decode the ``_HISTORY_COLS`` columns (``row[0]`` is history.id)."""
+    try:
+        direction = Direction(row[4])
+        return MessageRecord(
+            message_id=bytes(row[2]),
+            app_id=str(row[3]),
+            direction=direction,
+            peer=NodeAddress(bytes(row[5])),
+            payload=bytes(row[6]),
+            created_at=float(row[7]),
+            state=DeliveryState(row[8]) if row[8] is not None else None,
+            reason=row[9],
+            hops=int(row[10]) if row[10] is not None else None,
+            cursor=int(row[1]),
+        )
+    except (MeshdError, ValueError, TypeError) as exc:
+        raise StoreError(f"history row id={row[0]} does not decode: {exc}") from exc
+
+
+def _event(row: tuple[Any, ...] | list[Any]) -> AppEvent:
+    cursor = int(row[0])
+    try:
+        kind = AppEventKind(row[1])
+        message = None
+        if row[7] is not None:
+            message = _record(row[8:])
+            if row[3] is not None:  # the state as of this event, not the latest
+                message = replace(message, state=DeliveryState(row[3]), reason=row[4])
+        peer = NodeAddress(bytes(row[5])) if row[5] is not None else None
+        return AppEvent(
+            cursor=cursor,
+            kind=kind,
+            at=float(row[2]),
+            message=message,
+            peer=peer,
+            detail=str(row[6]),
+        )
+    except StoreError as exc:
+        raise StoreError(f"event cursor={cursor}: {exc}") from exc
+    except (MeshdError, ValueError, TypeError) as exc:
+        raise StoreError(f"event cursor={cursor} does not decode: {exc}") from exc
