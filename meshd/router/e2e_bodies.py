@@ -1,0 +1,231 @@
+"""Codecs for the end-to-end bodies: DATA, ACK, CUSTODY_OFFER, CUSTODY_RECEIPT (wire v1).
+
+Layouts and test vectors are in docs/wire-format.md, section "End-to-end bodies". Every
+decoder raises ``FrameDecodeError`` naming the field on malformed input and nothing else.
+
+Signatures (Ed25519) are domain-separated and bind the message id, the original sender,
+the destination and a SHA-256 of the payload, so that an ACK proves *this* content reached
+*that* destination and cannot be replayed for another message or as a custody receipt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from meshd.address import ADDRESS_LEN, NodeAddress
+from meshd.crypto.identity import KEY_LEN, SIGNATURE_LEN, verify_signature
+from meshd.errors import AddressError, FrameDecodeError
+from meshd.router.frames import (
+    FRAME_ID_LEN,
+    HEADER_LEN,
+    MAX_BODY_LEN,
+    Frame,
+    FrameType,
+    decode_frame,
+)
+
+E2E_BODY_VERSION = 1
+ACK_CONTEXT = b"meshd/ack/v1\x00"
+RECEIPT_CONTEXT = b"meshd/custody-receipt/v1\x00"
+
+DATA_HAS_CUSTODIAN = 0x01
+_DATA_KNOWN_FLAGS = DATA_HAS_CUSTODIAN
+_DATA_FIXED = struct.Struct(">BBI")  # body version, flags, lifetime left (s)
+_ACK = struct.Struct(">B8sB32s64s")  # version, message id, echoed attempt, key, signature
+_RECEIPT = struct.Struct(">B8s16s32s64s")  # version, message id, origin, key, signature
+MAX_LIFETIME_WIRE = 0xFFFFFFFF
+
+DATA_OVERHEAD = _DATA_FIXED.size + ADDRESS_LEN  # worst case: with a custodian
+OFFER_OVERHEAD = 1 + HEADER_LEN  # version byte + the whole inner DATA frame's header
+# Largest app payload: it must still fit when a custodian wraps it in a CUSTODY_OFFER.
+MAX_PAYLOAD_LEN = MAX_BODY_LEN - OFFER_OVERHEAD - DATA_OVERHEAD
+ACK_BODY_LEN = _ACK.size
+RECEIPT_BODY_LEN = _RECEIPT.size
+
+assert FRAME_ID_LEN == 8 and KEY_LEN == 32 and SIGNATURE_LEN == 64
+
+
+def payload_digest(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()
+
+
+def _check_version(data: bytes, what: str) -> None:
+    if not data:
+        raise FrameDecodeError(f"empty {what} body", field="body_version")
+    if data[0] != E2E_BODY_VERSION:
+        raise FrameDecodeError(
+            f"unsupported {what} body version {data[0]}", field="body_version"
+        )
+
+
+def _address(raw: bytes, field: str) -> NodeAddress:
+    try:
+        return NodeAddress(raw)
+    except AddressError as exc:  # pragma: no cover - length is fixed by the struct
+        raise FrameDecodeError(str(exc), field=field) from exc
+
+
+# --- DATA -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DataBody:
+    """An app payload plus what relays holding it in custody need to know."""
+
+    payload: bytes
+    lifetime_left: int  # whole seconds left when this copy left its originator/custodian
+    custodian: NodeAddress | None = None  # who to send a CUSTODY_RECEIPT to, if anyone
+
+    def encode(self) -> bytes:
+        if not 0 <= self.lifetime_left <= MAX_LIFETIME_WIRE:
+            raise FrameDecodeError("lifetime_left out of range 0..2^32-1", field="lifetime_left")
+        if len(self.payload) > MAX_PAYLOAD_LEN:
+            raise FrameDecodeError(
+                f"payload longer than {MAX_PAYLOAD_LEN} bytes", field="payload"
+            )
+        flags = DATA_HAS_CUSTODIAN if self.custodian is not None else 0
+        head = _DATA_FIXED.pack(E2E_BODY_VERSION, flags, self.lifetime_left)
+        if self.custodian is not None:
+            head += self.custodian.raw
+        return head + self.payload
+
+
+def decode_data_body(data: bytes) -> DataBody:
+    _check_version(data, "DATA")
+    if len(data) < _DATA_FIXED.size:
+        raise FrameDecodeError("DATA body truncated", field="lifetime_left")
+    _, flags, lifetime = _DATA_FIXED.unpack_from(data)
+    if flags & ~_DATA_KNOWN_FLAGS:
+        raise FrameDecodeError(f"unknown DATA body flags 0x{flags:02x}", field="data_flags")
+    offset = _DATA_FIXED.size
+    custodian = None
+    if flags & DATA_HAS_CUSTODIAN:
+        if len(data) < offset + ADDRESS_LEN:
+            raise FrameDecodeError("DATA body truncated", field="custodian")
+        custodian = _address(bytes(data[offset : offset + ADDRESS_LEN]), "custodian")
+        offset += ADDRESS_LEN
+    payload = bytes(data[offset:])
+    if len(payload) > MAX_PAYLOAD_LEN:
+        raise FrameDecodeError(f"payload longer than {MAX_PAYLOAD_LEN} bytes", field="payload")
+    return DataBody(payload=payload, lifetime_left=lifetime, custodian=custodian)
+
+
+# --- ACK ----------------------------------------------------------------------------
+
+
+def ack_signed_part(
+    message_id: bytes, sender: NodeAddress, destination: NodeAddress, digest: bytes
+) -> bytes:
+    """What the destination signs: it received ``message_id`` from ``sender`` intact."""
+    return ACK_CONTEXT + message_id + sender.raw + destination.raw + digest
+
+
+@dataclass(frozen=True, slots=True)
+class AckBody:
+    """End-to-end ACK, signed by the destination, self-certifying (key hashes to src)."""
+
+    message_id: bytes
+    echo_attempt: int  # the DATA header's ``attempt`` this answers (RTT sampling, unsigned)
+    signer_key: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        _check_fields(self.message_id, self.signer_key, self.signature)
+        if not 0 <= self.echo_attempt <= 255:
+            raise FrameDecodeError("echo_attempt out of range 0..255", field="echo_attempt")
+        return _ACK.pack(
+            E2E_BODY_VERSION, self.message_id, self.echo_attempt, self.signer_key, self.signature
+        )
+
+    def verify(self, *, sender: NodeAddress, destination: NodeAddress, digest: bytes) -> bool:
+        """True when the key is ``destination``'s and the signature covers this message."""
+        if NodeAddress.from_public_key(self.signer_key) != destination:
+            return False
+        signed = ack_signed_part(self.message_id, sender, destination, digest)
+        return verify_signature(self.signer_key, self.signature, signed)
+
+
+def decode_ack_body(data: bytes) -> AckBody:
+    _check_version(data, "ACK")
+    if len(data) != _ACK.size:
+        raise FrameDecodeError(f"ACK body must be {_ACK.size} bytes", field="ack_body")
+    _, message_id, echo, key, signature = _ACK.unpack(data)
+    return AckBody(message_id, echo, key, signature)
+
+
+# --- CUSTODY_RECEIPT -----------------------------------------------------------------
+
+
+def receipt_signed_part(
+    message_id: bytes, origin: NodeAddress, destination: NodeAddress, digest: bytes
+) -> bytes:
+    """What a custodian (or the destination) signs: it now holds this message."""
+    return RECEIPT_CONTEXT + message_id + origin.raw + destination.raw + digest
+
+
+@dataclass(frozen=True, slots=True)
+class CustodyReceiptBody:
+    """"I hold (src=origin, message_id) now": the previous holder may stop retrying."""
+
+    message_id: bytes
+    origin: NodeAddress  # the message's original sender (with message_id: the dedup key)
+    signer_key: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        _check_fields(self.message_id, self.signer_key, self.signature)
+        return _RECEIPT.pack(
+            E2E_BODY_VERSION, self.message_id, self.origin.raw, self.signer_key, self.signature
+        )
+
+    def verify(self, *, signer: NodeAddress, destination: NodeAddress, digest: bytes) -> bool:
+        """True when the key is ``signer``'s and the signature covers this message."""
+        if NodeAddress.from_public_key(self.signer_key) != signer:
+            return False
+        signed = receipt_signed_part(self.message_id, self.origin, destination, digest)
+        return verify_signature(self.signer_key, self.signature, signed)
+
+
+def decode_receipt_body(data: bytes) -> CustodyReceiptBody:
+    _check_version(data, "CUSTODY_RECEIPT")
+    if len(data) != _RECEIPT.size:
+        raise FrameDecodeError(
+            f"CUSTODY_RECEIPT body must be {_RECEIPT.size} bytes", field="receipt_body"
+        )
+    _, message_id, origin, key, signature = _RECEIPT.unpack(data)
+    return CustodyReceiptBody(message_id, _address(origin, "origin"), key, signature)
+
+
+# --- CUSTODY_OFFER -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CustodyOfferBody:
+    """A held DATA frame, unchanged header, handed to a chosen node (header dst)."""
+
+    inner: Frame
+
+    def encode(self) -> bytes:
+        if self.inner.type is not FrameType.DATA:
+            raise FrameDecodeError("a custody offer carries a DATA frame", field="inner_type")
+        return bytes([E2E_BODY_VERSION]) + self.inner.encode()
+
+
+def decode_offer_body(data: bytes) -> CustodyOfferBody:
+    _check_version(data, "CUSTODY_OFFER")
+    inner = decode_frame(bytes(data[1:]))
+    if inner.type is not FrameType.DATA:
+        raise FrameDecodeError("a custody offer carries a DATA frame", field="inner_type")
+    decode_data_body(inner.body)  # validate now: the receiver stores it
+    return CustodyOfferBody(inner)
+
+
+def _check_fields(message_id: bytes, key: bytes, signature: bytes) -> None:
+    if len(message_id) != FRAME_ID_LEN:
+        raise FrameDecodeError(f"message_id must be {FRAME_ID_LEN} bytes", field="message_id")
+    if len(key) != KEY_LEN:
+        raise FrameDecodeError(f"signer_key must be {KEY_LEN} bytes", field="signer_key")
+    if len(signature) != SIGNATURE_LEN:
+        raise FrameDecodeError(f"signature must be {SIGNATURE_LEN} bytes", field="signature")

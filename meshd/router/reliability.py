@@ -1,0 +1,670 @@
+"""End-to-end layer of the mesh core: outbox, signed ACKs, retries, dedup, custody.
+
+Sans-IO: ``MeshCore`` feeds an ``Endpoint`` the frames addressed to this node and the
+router's verdicts on frames it originated, and drains frames to originate (``poll``) and
+app events (``next_event``). The design (custody hand-off, receipts, what is signed) is
+written down in docs/wire-format.md, section "End-to-end bodies".
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from meshd.address import NodeAddress
+from meshd.crypto.identity import Identity, PublicIdentity
+from meshd.errors import AlreadyExists, FrameDecodeError, InvalidArgument, ResourceExhausted
+from meshd.router.backoff import DeadlineHeap, RetryPolicy, RttTable, backoff_delay
+from meshd.router.custody import CustodyKey, CustodyStore, HeldFrame
+from meshd.router.e2e_bodies import (
+    MAX_LIFETIME_WIRE,
+    MAX_PAYLOAD_LEN,
+    AckBody,
+    CustodyOfferBody,
+    CustodyReceiptBody,
+    DataBody,
+    ack_signed_part,
+    decode_ack_body,
+    decode_data_body,
+    decode_offer_body,
+    decode_receipt_body,
+    payload_digest,
+    receipt_signed_part,
+)
+from meshd.router.events import (
+    CoreEvent,
+    DeliveryState,
+    DeliveryStateChanged,
+    MessageReceived,
+)
+from meshd.router.frames import FRAME_ID_LEN, Frame, FrameFlags, FrameType
+from meshd.router.outbox import STATE_RANK, Outbox, OutgoingMessage
+from meshd.router.types import OutboxEntry
+
+if TYPE_CHECKING:
+    from meshd.router.core import CoreConfig
+
+DATA_FLAGS = FrameFlags.ACK_REQUESTED | FrameFlags.CUSTODY_ALLOWED
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Counters (rejections are reported here: the endpoint does not know the link)."""
+
+    data_originated: int = 0
+    retries: int = 0
+    handoffs: int = 0
+    delivered_to_app: int = 0
+    duplicates: int = 0
+    acks_sent: int = 0
+    acks_verified: int = 0
+    acks_forged: int = 0
+    acks_unknown: int = 0
+    receipts_sent: int = 0
+    receipts_forged: int = 0
+    receipts_unknown: int = 0
+    malformed: int = 0
+    custody_taken: int = 0
+    custody_refused: int = 0
+    custody_expired: int = 0
+    custody_released: int = 0
+    seen_evicted: int = 0
+
+
+@dataclass(slots=True)
+class _Delivered:
+    digest: bytes
+    ack_signature: bytes | None = None
+    last_ack_at: float = -math.inf
+
+
+class DeliveredSet:
+    """Destination dedup: (src, message id) seen until the message's lifetime is over.
+
+    Bounded: when full, the entry closest to expiry goes first (it is the least likely
+    to see another copy). ``max_age`` caps what a sender can claim as lifetime.
+    """
+
+    def __init__(self, *, capacity: int, max_age: float) -> None:
+        self.capacity = capacity
+        self.max_age = max_age
+        self.evicted = 0
+        self._entries: dict[CustodyKey, _Delivered] = {}
+        self._expiry: DeadlineHeap[CustodyKey] = DeadlineHeap()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CustodyKey) -> _Delivered | None:
+        return self._entries.get(key)
+
+    def add(self, key: CustodyKey, digest: bytes, *, now: float, lifetime: float) -> _Delivered:
+        self.expire(now=now)
+        while len(self._entries) >= self.capacity:
+            oldest = self._expiry.pop_due(math.inf)
+            if oldest is None:
+                break
+            del self._entries[oldest]
+            self.evicted += 1
+        entry = _Delivered(digest)
+        self._entries[key] = entry
+        self._expiry.set(key, now + min(max(lifetime, 0.0), self.max_age))
+        return entry
+
+    def expire(self, *, now: float) -> None:
+        while (key := self._expiry.pop_due(now)) is not None:
+            self._entries.pop(key, None)
+
+
+class Endpoint:
+    """One node's end-to-end reliability: sender, destination and custodian roles."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        rng: random.Random,
+        config: CoreConfig,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self._identity = identity
+        self._address = identity.address
+        self._rng = rng
+        self._config = config
+        self._policy = policy if policy is not None else RetryPolicy()
+        self._outbox = Outbox(config.outbox_limit)
+        self._custody = CustodyStore(
+            limit_bytes=config.custody_limit_bytes, limit_frames=config.custody_limit_frames
+        )
+        self._seen = DeliveredSet(
+            capacity=self._policy.seen_capacity, max_age=config.message_lifetime
+        )
+        self._rtt = RttTable(self._policy)
+        self._retry: DeadlineHeap[bytes] = DeadlineHeap()  # own messages: next transmission
+        self._expiry: DeadlineHeap[bytes] = DeadlineHeap()  # own messages: end of lifetime
+        self._handoff: DeadlineHeap[CustodyKey] = DeadlineHeap()  # custody: next hand-off
+        # Destinations with no route: one probe at a time, the others wait until then.
+        self._probe_until: dict[NodeAddress, float] = {}
+        self._ready: list[Frame] = []
+        self._ready_since: float | None = None
+        self._events: deque[CoreEvent] = deque()
+        self.stats = EndpointStats()
+
+    @property
+    def address(self) -> NodeAddress:
+        return self._address
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    # --- sender -----------------------------------------------------------------
+    def send(
+        self,
+        dst: NodeAddress,
+        payload: bytes,
+        *,
+        now: float,
+        lifetime: float | None = None,
+        message_id: bytes | None = None,
+    ) -> bytes:
+        """Queue a reliable message for ``dst``; returns its 8-byte message id."""
+        if dst == self._address or dst.is_broadcast:
+            raise InvalidArgument("destination must be another node's address", field="dst")
+        if len(payload) > MAX_PAYLOAD_LEN:
+            raise InvalidArgument(
+                f"payload is {len(payload)} bytes, at most {MAX_PAYLOAD_LEN}", field="payload"
+            )
+        if lifetime is None:
+            lifetime = self._config.message_lifetime
+        if not (math.isfinite(lifetime) and 0 < lifetime <= MAX_LIFETIME_WIRE):
+            raise InvalidArgument("lifetime must be > 0 seconds and finite", field="lifetime")
+        if message_id is None:
+            message_id = self._rng.randbytes(FRAME_ID_LEN)
+            while message_id in self._outbox:
+                message_id = self._rng.randbytes(FRAME_ID_LEN)
+        elif len(message_id) != FRAME_ID_LEN:
+            raise InvalidArgument(f"message_id must be {FRAME_ID_LEN} bytes", field="message_id")
+        elif message_id in self._outbox:
+            raise AlreadyExists("a message with this id is pending", field="message_id")
+        if self._outbox.full:
+            raise ResourceExhausted(
+                f"outbox holds {self._outbox.limit} messages already", field="outbox"
+            )
+        message = OutgoingMessage(
+            message_id=message_id,
+            dst=dst,
+            payload=payload,
+            digest=payload_digest(payload),
+            created_at=now,
+            expires_at=now + lifetime,
+            state=DeliveryState.QUEUED,
+        )
+        self._outbox.add(message)
+        self._retry.set(message_id, now)
+        self._expiry.set(message_id, message.expires_at)
+        self._emit_state(message)
+        return message_id
+
+    def restore(self, entries: list[OutboxEntry], *, now: float) -> None:
+        """Reload persisted outbox entries; pending ones are retried soon, spread out."""
+        spread = min(self._policy.restore_spread, 0.01 * len(entries))
+        for entry in entries:
+            if len(entry.message_id) != FRAME_ID_LEN:
+                raise InvalidArgument("message_id must be 8 bytes", field="message_id")
+            if entry.state.is_final or entry.message_id in self._outbox:
+                continue
+            message = OutgoingMessage(
+                message_id=entry.message_id,
+                dst=entry.dst,
+                payload=entry.payload,
+                digest=payload_digest(entry.payload),
+                created_at=entry.created_at,
+                expires_at=entry.expires_at,
+                state=entry.state,
+                attempts=entry.attempts,
+            )
+            if entry.expires_at <= now:
+                self._fail(message, "expired")
+                continue
+            self._outbox.add(message)
+            self._expiry.set(message.message_id, message.expires_at)
+            if message.state is not DeliveryState.HELD_BY_CUSTODIAN:
+                self._retry.set(message.message_id, now + self._rng.uniform(0.0, spread))
+
+    def on_transmitted(self, frame_id: bytes, *, now: float) -> None:
+        """The router handed our DATA frame to a link."""
+        message = self._outbox.get(frame_id)
+        if message is not None:
+            message.route_failed = False
+            self._advance(message, DeliveryState.SENT)
+
+    def on_next_hop_acked(self, frame_id: bytes, *, now: float) -> None:
+        """The first hop confirmed it took our DATA frame."""
+        message = self._outbox.get(frame_id)
+        if message is not None:
+            self._advance(message, DeliveryState.RELAYED)
+
+    def on_route_failed(self, frame_id: bytes, *, now: float) -> None:
+        """The router could not route our frame now; wait for ``path_available``/timer."""
+        message = self._outbox.get(frame_id)
+        if message is not None:
+            message.route_failed = True
+            return
+        for held in self._custody.with_id(frame_id):
+            held.route_failed = True
+
+    def path_available(self, dst: NodeAddress, *, now: float) -> None:
+        """A path to ``dst`` appeared: retry its messages soon (not twice within min_rto)."""
+        self._probe_until.pop(dst, None)
+        gap = self._policy.min_rto
+        for message in self._outbox.for_dst(dst):
+            if message.state is DeliveryState.HELD_BY_CUSTODIAN:
+                # The custodian delivers; one re-probe lets the destination's re-ACK reach
+                # us when its first ACK found us offline.
+                last = message.last_probe_at
+                if last is None or now - last >= self._policy.held_probe_interval:
+                    self._retry.set(message.message_id, now)
+                continue
+            self._pull_forward(self._retry, message.message_id, now, message.last_sent_at,
+                               message.route_failed, gap)
+        for held in self._custody.for_dst(dst):
+            self._pull_forward(self._handoff, held.key, now, held.last_handoff_at,
+                               held.route_failed, gap)
+
+    # --- periodic work ------------------------------------------------------------
+    def poll(self, *, now: float, can_route: Callable[[NodeAddress], bool]) -> list[Frame]:
+        """Frames to originate now: ACKs, receipts, first sends, retries, hand-offs."""
+        self._expire(now)
+        frames = self._ready
+        self._ready = []
+        self._ready_since = None
+        while (message_id := self._retry.pop_due(now)) is not None:
+            message = self._outbox.get(message_id)
+            if message is not None:
+                frame = self._transmit(message, now, can_route)
+                if frame is not None:
+                    frames.append(frame)
+        while (key := self._handoff.pop_due(now)) is not None:
+            held = self._custody.get(key)
+            if held is not None:
+                frame = self._hand_off(held, now, can_route)
+                if frame is not None:
+                    frames.append(frame)
+        if len(self._probe_until) > 1024:
+            self._probe_until = {d: t for d, t in self._probe_until.items() if t > now}
+        return frames
+
+    def next_deadline(self) -> float | None:
+        candidates = [
+            self._ready_since,
+            self._retry.peek(),
+            self._expiry.peek(),
+            self._handoff.peek(),
+            self._custody.next_expiry(),
+        ]
+        present = [c for c in candidates if c is not None]
+        return min(present) if present else None
+
+    def next_event(self) -> CoreEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def outbox(self) -> list[OutboxEntry]:
+        return self._outbox.entries()
+
+    def custody(self) -> list[Frame]:
+        return [held.frame for held in self._custody]
+
+    def custody_records(self) -> list[tuple[Frame, float]]:
+        """(frame, hold-until) pairs, the shape ``restore_custody`` takes back."""
+        return [(held.frame, held.hold_until) for held in self._custody]
+
+    def restore_custody(self, frames: list[tuple[Frame, float]], *, now: float) -> None:
+        """Reload persisted custody frames (``expires_at`` in this ``now``'s timebase)."""
+        spread = min(self._policy.restore_spread, 0.01 * len(frames))
+        for frame, expires_at in frames:
+            if frame.type is not FrameType.DATA or expires_at <= now:
+                continue
+            try:
+                body = decode_data_body(frame.body)
+            except FrameDecodeError:
+                self.stats.malformed += 1
+                continue
+            held = HeldFrame(frame, body, payload_digest(body.payload), now, expires_at,
+                             expires_at)
+            if held.key in self._custody or not self._custody.has_room(held.size):
+                continue
+            self._custody.add(held)
+            self._handoff.set(held.key, now + self._rng.uniform(0.0, spread))
+
+    # --- frames addressed to this node --------------------------------------------
+    def on_local_frame(
+        self,
+        frame: Frame,
+        *,
+        now: float,
+        key_of: Callable[[NodeAddress], PublicIdentity | None],
+    ) -> None:
+        """A DATA / ACK / CUSTODY_OFFER / CUSTODY_RECEIPT frame whose dst is this node."""
+        if frame.dst != self._address or frame.src == self._address:
+            return
+        try:
+            if frame.type is FrameType.DATA:
+                self._on_data(frame, now)
+            elif frame.type is FrameType.ACK:
+                self._on_ack(frame, now, key_of)
+            elif frame.type is FrameType.CUSTODY_RECEIPT:
+                self._on_receipt(frame, now)
+            elif frame.type is FrameType.CUSTODY_OFFER:
+                self._on_offer(frame, now)
+        except FrameDecodeError:
+            self.stats.malformed += 1
+
+    def _on_data(self, frame: Frame, now: float) -> None:
+        body = decode_data_body(frame.body)
+        key = (frame.src, frame.frame_id)
+        record = self._seen.get(key)
+        if record is None:
+            record = self._seen.add(
+                key, payload_digest(body.payload), now=now, lifetime=body.lifetime_left
+            )
+            self.stats.seen_evicted = self._seen.evicted
+            self.stats.delivered_to_app += 1
+            self._events.append(
+                MessageReceived(frame.src, frame.frame_id, body.payload, frame.hops)
+            )
+        else:
+            self.stats.duplicates += 1
+        custodian = body.custodian
+        if custodian is not None and custodian != self._address:
+            # The custodian deletes its copy on this receipt (we are the destination).
+            self._queue_receipt(frame.frame_id, frame.src, frame.dst, record.digest,
+                                custodian, now)
+        # ACK every copy (the first ACK may have been lost), but not a burst of copies.
+        elif now - record.last_ack_at < self._policy.reack_gap:
+            return
+        if frame.flags & FrameFlags.ACK_REQUESTED:
+            self._queue_ack(frame, record, now)
+
+    def _on_ack(
+        self, frame: Frame, now: float, key_of: Callable[[NodeAddress], PublicIdentity | None]
+    ) -> None:
+        body = decode_ack_body(frame.body)
+        message = self._outbox.get(body.message_id)
+        if message is None or message.dst != frame.src:
+            self.stats.acks_unknown += 1
+            return
+        known = key_of(frame.src)
+        if known is not None and known.signing_key != body.signer_key:
+            self.stats.acks_forged += 1
+            return
+        if not body.verify(sender=self._address, destination=message.dst,
+                           digest=message.digest):
+            self.stats.acks_forged += 1
+            return
+        self.stats.acks_verified += 1
+        if message.last_sent_at is not None and body.echo_attempt == message.last_attempt_byte:
+            self._rtt.sample(message.dst, now - message.last_sent_at)
+        self._finish(message, DeliveryState.DELIVERED)
+        self.path_available(message.dst, now=now)  # the path works: wake the others
+
+    def _on_receipt(self, frame: Frame, now: float) -> None:
+        body = decode_receipt_body(frame.body)
+        if body.origin == self._address:
+            message = self._outbox.get(body.message_id)
+            if message is None:
+                self.stats.receipts_unknown += 1
+                return
+            if not body.verify(signer=frame.src, destination=message.dst,
+                               digest=message.digest):
+                self.stats.receipts_forged += 1
+                return
+            if frame.src == message.dst:  # signed by the destination: it has the message
+                self._finish(message, DeliveryState.DELIVERED)
+                return
+            self._retry.cancel(message.message_id)
+            if STATE_RANK[message.state] < STATE_RANK[DeliveryState.HELD_BY_CUSTODIAN]:
+                message.custodian = frame.src
+                self._advance(message, DeliveryState.HELD_BY_CUSTODIAN)
+            return
+        key = (body.origin, body.message_id)
+        held = self._custody.get(key)
+        if held is None:
+            self.stats.receipts_unknown += 1
+            return
+        if not body.verify(signer=frame.src, destination=held.frame.dst, digest=held.digest):
+            self.stats.receipts_forged += 1
+            return
+        self._custody.remove(key)
+        self._handoff.cancel(key)
+        self.stats.custody_released += 1
+
+    def _on_offer(self, frame: Frame, now: float) -> None:
+        inner = decode_offer_body(frame.body).inner
+        if inner.dst == self._address:
+            self._on_data(inner, now)
+        elif inner.src != self._address:
+            self.take_custody(inner, now=now)
+
+    # --- custodian ------------------------------------------------------------------
+    def take_custody(self, frame: Frame, *, now: float) -> bool:
+        """Hold a DATA frame the router could not forward; False when refused."""
+        if frame.type is not FrameType.DATA or not frame.flags & FrameFlags.CUSTODY_ALLOWED:
+            return False
+        if frame.dst == self._address:
+            return False
+        if frame.src == self._address:  # our own message: the outbox holds it already
+            message = self._outbox.get(frame.frame_id)
+            if message is None:
+                return False
+            message.route_failed = True
+            return True
+        try:
+            body = decode_data_body(frame.body)
+        except FrameDecodeError:
+            self.stats.malformed += 1
+            return False
+        previous = body.custodian if body.custodian is not None else frame.src
+        key = (frame.src, frame.frame_id)
+        held = self._custody.get(key)
+        if held is None:
+            if body.lifetime_left <= 0:
+                return False
+            self._expire(now)
+            message_expiry = now + body.lifetime_left
+            hold_until = min(message_expiry, now + self._config.custody_lifetime)
+            held = HeldFrame(frame, body, payload_digest(body.payload), now, hold_until,
+                             message_expiry)
+            if not self._custody.has_room(held.size):
+                self.stats.custody_refused += 1
+                return False
+            self._custody.add(held)
+            self.stats.custody_taken += 1
+            first = self._policy.custody_first_try * self._jitter()
+            self._handoff.set(key, now + first)
+        if previous != self._address:
+            self._queue_receipt(frame.frame_id, frame.src, frame.dst, held.digest,
+                                previous, now)
+        return True
+
+    def offer_custody(self, to: NodeAddress, *, now: float, limit: int = 64) -> int:
+        """Offer up to ``limit`` held frames to ``to`` (a better custodian appeared)."""
+        count = 0
+        for held in list(self._custody):
+            if count >= limit:
+                break
+            if held.frame.src == to:
+                continue
+            inner = self._handoff_frame(held, now)
+            body = CustodyOfferBody(inner).encode()
+            self._queue(Frame(FrameType.CUSTODY_OFFER, self._rng.randbytes(FRAME_ID_LEN),
+                              self._address, to, body, ttl=self._config.default_ttl), now)
+            held.last_handoff_at = now
+            count += 1
+        return count
+
+    # --- internals --------------------------------------------------------------------
+    def _transmit(
+        self, message: OutgoingMessage, now: float, can_route: Callable[[NodeAddress], bool]
+    ) -> Frame | None:
+        held = message.state is DeliveryState.HELD_BY_CUSTODIAN
+        routable = can_route(message.dst)
+        if not routable and not self._may_probe(message.dst, now):
+            if not held:
+                self._retry.set(message.message_id, self._probe_until[message.dst] + 0.01)
+            return None
+        message.attempts += 1
+        message.last_sent_at = now
+        frame = Frame(
+            FrameType.DATA,
+            message.message_id,
+            self._address,
+            message.dst,
+            DataBody(message.payload, self._lifetime_left(message.expires_at, now)).encode(),
+            DATA_FLAGS,
+            ttl=self._config.default_ttl,
+            attempt=message.last_attempt_byte,
+        )
+        if held:
+            message.last_probe_at = now
+            return frame
+        delay = backoff_delay(self._rtt.rto(message.dst), message.attempts - 1,
+                              self._policy, self._rng)
+        self._retry.set(message.message_id, now + delay)
+        if not routable:
+            self._probe_until[message.dst] = now + delay
+        if message.attempts == 1:
+            self.stats.data_originated += 1
+        else:
+            self.stats.retries += 1
+        return frame
+
+    def _hand_off(
+        self, held: HeldFrame, now: float, can_route: Callable[[NodeAddress], bool]
+    ) -> Frame | None:
+        dst = held.frame.dst
+        if not can_route(dst):
+            if not self._may_probe(dst, now):
+                self._handoff.set(held.key, self._probe_until[dst] + self._rng.uniform(0, 1))
+                return None
+            # Custodians probe rarely: they hold the frame because no route was known.
+            self._probe_until[dst] = now + self._policy.probe_interval
+        frame = self._handoff_frame(held, now)
+        held.handoffs += 1
+        held.last_handoff_at = now
+        held.route_failed = False
+        self.stats.handoffs += 1
+        delay = backoff_delay(self._rtt.rto(dst), held.handoffs - 1, self._policy, self._rng)
+        self._handoff.set(held.key, now + delay)
+        return frame
+
+    def _handoff_frame(self, held: HeldFrame, now: float) -> Frame:
+        """The held frame re-originated: same src and id (end-to-end dedup), us as custodian."""
+        original = held.frame
+        left = self._lifetime_left(held.message_expires_at, now)
+        body = DataBody(held.body.payload, left, custodian=self._address).encode()
+        return Frame(
+            FrameType.DATA,
+            original.frame_id,
+            original.src,
+            original.dst,
+            body,
+            original.flags | FrameFlags.CUSTODY_ALLOWED,
+            ttl=self._config.default_ttl,
+            attempt=(original.attempt + held.handoffs + 1) % 256,
+        )
+
+    def _may_probe(self, dst: NodeAddress, now: float) -> bool:
+        until = self._probe_until.get(dst)
+        return until is None or until <= now
+
+    def _pull_forward(
+        self,
+        timers: DeadlineHeap[bytes] | DeadlineHeap[CustodyKey],
+        key: bytes | CustodyKey,
+        now: float,
+        last_sent: float | None,
+        route_failed: bool,
+        gap: float,
+    ) -> None:
+        earliest = now if route_failed or last_sent is None else max(now, last_sent + gap)
+        due = timers.due_at(key)  # type: ignore[arg-type]
+        if due is None or due > earliest:
+            timers.set(key, earliest)  # type: ignore[arg-type]
+
+    def _expire(self, now: float) -> None:
+        while (message_id := self._expiry.pop_due(now)) is not None:
+            message = self._outbox.get(message_id)
+            if message is not None:
+                self._finish(message, DeliveryState.FAILED, "expired")
+        for held in self._custody.expire(now=now):
+            self._handoff.cancel(held.key)
+            self.stats.custody_expired += 1
+
+    def _queue_ack(self, frame: Frame, record: _Delivered, now: float) -> None:
+        if record.ack_signature is None:
+            signed = ack_signed_part(frame.frame_id, frame.src, self._address, record.digest)
+            record.ack_signature = self._identity.sign(signed)
+        body = AckBody(frame.frame_id, frame.attempt, self._identity.public.signing_key,
+                       record.ack_signature)
+        record.last_ack_at = now
+        self.stats.acks_sent += 1
+        self._queue(Frame(FrameType.ACK, self._rng.randbytes(FRAME_ID_LEN), self._address,
+                          frame.src, body.encode(), ttl=self._config.default_ttl), now)
+
+    def _queue_receipt(
+        self,
+        message_id: bytes,
+        origin: NodeAddress,
+        destination: NodeAddress,
+        digest: bytes,
+        to: NodeAddress,
+        now: float,
+    ) -> None:
+        signed = receipt_signed_part(message_id, origin, destination, digest)
+        body = CustodyReceiptBody(message_id, origin, self._identity.public.signing_key,
+                                  self._identity.sign(signed))
+        self.stats.receipts_sent += 1
+        self._queue(Frame(FrameType.CUSTODY_RECEIPT, self._rng.randbytes(FRAME_ID_LEN),
+                          self._address, to, body.encode(), ttl=self._config.default_ttl), now)
+
+    def _queue(self, frame: Frame, now: float) -> None:
+        self._ready.append(frame)
+        if self._ready_since is None:
+            self._ready_since = now
+
+    def _advance(self, message: OutgoingMessage, state: DeliveryState) -> None:
+        """Move forward only: a late SENT after RELAYED changes nothing."""
+        if STATE_RANK[state] > STATE_RANK[message.state]:
+            message.state = state
+            self._emit_state(message)
+
+    def _finish(
+        self, message: OutgoingMessage, state: DeliveryState, reason: str | None = None
+    ) -> None:
+        self._outbox.remove(message.message_id)
+        self._retry.cancel(message.message_id)
+        self._expiry.cancel(message.message_id)
+        message.state = state
+        self._emit_state(message, reason)
+
+    def _fail(self, message: OutgoingMessage, reason: str) -> None:
+        message.state = DeliveryState.FAILED
+        self._emit_state(message, reason)
+
+    def _emit_state(self, message: OutgoingMessage, reason: str | None = None) -> None:
+        self._events.append(
+            DeliveryStateChanged(message.message_id, message.dst, message.state, reason,
+                                 message.custodian)
+        )
+
+    def _lifetime_left(self, expires_at: float, now: float) -> int:
+        return max(0, min(MAX_LIFETIME_WIRE, math.ceil(expires_at - now)))
+
+    def _jitter(self) -> float:
+        j = self._policy.jitter
+        return self._rng.uniform(1.0 - j, 1.0 + j)
