@@ -15,12 +15,22 @@ Contract for adapters (daemon, simulator, tests), in the style of aioquic's conn
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity, PublicIdentity
+from meshd.errors import InvalidArgument
+from meshd.router.bodies import MAX_EXTENSIONS_LEN
+from meshd.router.discovery import Router
 from meshd.router.events import CoreEvent, LinkId
+from meshd.router.frames import Frame
+from meshd.router.routing import RouterConfig, Stats
 from meshd.router.types import LinkInfo, NeighbourInfo, OutboxEntry, RouteInfo
+
+if TYPE_CHECKING:
+    from meshd.router.routing import EndpointHooks
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +45,63 @@ class CoreConfig:
     announce_interval: float = 60.0
     default_ttl: int = 32
     flood_ttl: int = 16
+    # Forwarding-plane tunables beyond these live in RouterConfig (None: defaults).
+    router: RouterConfig | None = None
+
+    def router_config(self) -> RouterConfig:
+        from dataclasses import replace
+
+        base = self.router or RouterConfig()
+        return replace(
+            base,
+            announce_interval=self.announce_interval,
+            default_ttl=self.default_ttl,
+            flood_ttl=self.flood_ttl,
+        )
+
+
+class EndpointLike(Protocol):
+    """What MeshCore needs of the end-to-end layer (``meshd.router.reliability.Endpoint``)."""
+
+    def send(
+        self, dst: NodeAddress, payload: bytes, *, now: float, lifetime: float | None,
+        message_id: bytes | None,
+    ) -> bytes: ...
+
+    def restore(self, entries: list[OutboxEntry], *, now: float) -> None: ...
+
+    def poll(self, *, now: float, can_route: Callable[[NodeAddress], bool]) -> list[Frame]: ...
+
+    def on_local_frame(
+        self, frame: Frame, *, now: float,
+        key_of: Callable[[NodeAddress], PublicIdentity | None],
+    ) -> None: ...
+
+    def on_transmitted(self, frame_id: bytes, *, now: float) -> None: ...
+
+    def on_next_hop_acked(self, frame_id: bytes, *, now: float) -> None: ...
+
+    def on_route_failed(self, frame_id: bytes, *, now: float) -> None: ...
+
+    def take_custody(self, frame: Frame, *, now: float) -> bool: ...
+
+    def path_available(self, dst: NodeAddress, *, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def next_event(self) -> CoreEvent | None: ...
+
+    def outbox(self) -> list[OutboxEntry]: ...
+
+
+EndpointFactory = Callable[[Identity, random.Random, CoreConfig], EndpointLike]
+
+
+def _default_endpoint(identity: Identity, rng: random.Random, config: CoreConfig) -> EndpointLike:
+    from meshd.router.reliability import Endpoint
+
+    endpoint: EndpointLike = Endpoint(identity, rng=rng, config=config)
+    return endpoint
 
 
 class MeshCore:
@@ -47,25 +114,40 @@ class MeshCore:
         now: float,
         rng: random.Random,
         config: CoreConfig | None = None,
+        endpoint_factory: EndpointFactory | None = None,
     ) -> None:
-        raise NotImplementedError
+        self._config = config or CoreConfig()
+        self._identity = identity
+        factory = endpoint_factory or _default_endpoint
+        self._endpoint = factory(identity, rng, self._config)
+        hooks: EndpointHooks = self._endpoint
+        self._router = Router(
+            identity, now=now, rng=rng, endpoint=hooks, config=self._config.router_config()
+        )
 
     # --- inputs -----------------------------------------------------------------
     def link_up(
         self, link_id: LinkId, peer: PublicIdentity, info: LinkInfo, *, now: float
     ) -> None:
         """A transport finished an authenticated handshake with ``peer`` on ``link_id``."""
-        raise NotImplementedError
+        self._router.link_up(link_id, peer, info, now=now)
+        self._pump(now)
 
     def link_changed(self, link_id: LinkId, info: LinkInfo, *, now: float) -> None:
-        raise NotImplementedError
+        neighbour = self._router.neighbours.get(link_id)
+        if neighbour is not None:
+            neighbour.info = info
+            self._router.recompute_clusters()
+        self._pump(now)
 
     def link_down(self, link_id: LinkId, *, now: float) -> None:
-        raise NotImplementedError
+        self._router.link_down(link_id, now=now)
+        self._pump(now)
 
     def receive(self, link_id: LinkId, data: bytes, *, now: float) -> None:
         """Bytes of one whole frame from a link. Malformed input never raises."""
-        raise NotImplementedError
+        self._router.receive(link_id, data, now=now)
+        self._pump(now)
 
     def send(
         self,
@@ -77,41 +159,88 @@ class MeshCore:
         message_id: bytes | None = None,
     ) -> bytes:
         """Queue an end-to-end reliable message; returns its 8-byte message id."""
-        raise NotImplementedError
+        if dst == self.address:
+            raise InvalidArgument("cannot send a message to this node itself", field="dst")
+        message = self._endpoint.send(
+            dst, payload, now=now, lifetime=lifetime, message_id=message_id
+        )
+        self._pump(now)
+        return message
 
     def restore(self, entries: list[OutboxEntry], *, now: float) -> None:
         """Reload outbox entries persisted by the daemon (after a restart)."""
-        raise NotImplementedError
+        self._endpoint.restore(entries, now=now)
+        self._pump(now)
 
     def set_battery(self, level: int, *, charging: bool, now: float) -> None:
-        raise NotImplementedError
+        if not 0 <= level <= 100:
+            raise InvalidArgument("battery level is 0..100", field="level")
+        self._router.set_battery(level, charging, now=now)
+        self._pump(now)
+
+    def set_announce_extensions(self, extensions: bytes, *, now: float | None = None) -> None:
+        """Opaque bytes carried in every announce (MLS key packages, later)."""
+        if len(extensions) > MAX_EXTENSIONS_LEN:
+            raise InvalidArgument(
+                f"announce extensions over {MAX_EXTENSIONS_LEN} bytes", field="extensions"
+            )
+        self._router.own.update(extensions=bytes(extensions))
+        if now is not None:
+            self._router.announce_to(list(self._router.neighbours))
 
     def handle_timer(self, *, now: float) -> None:
-        raise NotImplementedError
+        self._router.run_timers(now=now)
+        self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """Route what the endpoint wants originated now (first sends, retries, ACKs...)."""
+        router = self._router
+        for frame in self._endpoint.poll(now=now, can_route=router.can_route):
+            router.originate(frame, now=now)
 
     # --- outputs ----------------------------------------------------------------
     def frames_to_send(self) -> list[tuple[LinkId, bytes]]:
-        raise NotImplementedError
+        out = self._router.out
+        self._router.out = []
+        return out
 
     def next_event(self) -> CoreEvent | None:
-        raise NotImplementedError
+        events = self._router.events
+        if events:
+            return events.popleft()
+        return self._endpoint.next_event()
 
     def next_deadline(self) -> float | None:
-        raise NotImplementedError
+        deadlines = [
+            d for d in (self._router.next_deadline(), self._endpoint.next_deadline())
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
 
     # --- inspection -------------------------------------------------------------
     @property
     def address(self) -> NodeAddress:
-        raise NotImplementedError
+        return self._router.address
 
     def neighbours(self) -> list[NeighbourInfo]:
-        raise NotImplementedError
+        return self._router.neighbour_infos()
 
     def routes(self) -> list[RouteInfo]:
-        raise NotImplementedError
+        router = self._router
+        now = float("-inf")
+        return [r.info() for r in router.table.routes(now=now) if r.link_id in router.neighbours]
 
     def outbox(self) -> list[OutboxEntry]:
-        raise NotImplementedError
+        return self._endpoint.outbox()
 
     def public_identity_of(self, address: NodeAddress) -> PublicIdentity | None:
-        raise NotImplementedError
+        return self._router.key_of(address)
+
+    def stats(self) -> Stats:
+        """Counters for the simulator and benchmarks (transmissions by kind, drops)."""
+        return self._router.stats
+
+    @property
+    def router(self) -> Router:
+        """The forwarding plane (tests and the simulator inspect it)."""
+        return self._router

@@ -1,0 +1,560 @@
+"""On-demand paths (AODV, RFC 3561) over the forwarding plane: path requests with
+coverage-pruned relaying, signed path replies, path errors, local repair, buffering of
+frames waiting for a path, custody hand-off and controlled-flood fallback.
+
+PATH_REQUEST relaying is pruned because every link send is a transmission: each copy
+lists the sender and the neighbours it sent to (``covered``); a relay forwards once, after
+a short jitter, only to neighbours no copy it heard has covered. Every neighbour of a
+forwarder has then been sent the request (by induction on forwarding order), as in a
+full flood, at a fraction of the sends in a dense graph.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from meshd.address import NodeAddress
+from meshd.crypto.identity import Identity, PublicIdentity
+from meshd.errors import MeshdError, SignatureError
+from meshd.router.bodies import (
+    COST_SCALE,
+    MAX_NEIGHBOURS_LISTED,
+    MAX_PATH_ERRORS,
+    PREQ_FULL,
+    PREQ_LEAF,
+    PREQ_UNKNOWN_SEQ,
+    Announce,
+    PathError,
+    PathReply,
+    PathRequest,
+    decode_announce,
+    decode_path_error,
+    decode_path_reply,
+    decode_path_request,
+    wire_cost,
+)
+from meshd.router.events import LinkId, PathChanged
+from meshd.router.frames import Frame, FrameFlags, FrameType
+from meshd.router.linkrel import InFlight
+from meshd.router.paths import Route, seq_newer
+from meshd.router.routing import (
+    ENDPOINT_TYPES,
+    EndpointHooks,
+    Pending,
+    RouterBase,
+    RouterConfig,
+)
+from meshd.router.types import LinkInfo
+
+_REPLY_IMPROVEMENT = 1.0  # a later request copy must be this much cheaper to answer again
+_MAX_REPLIES = 2
+
+
+@dataclass(slots=True)
+class Discovery:
+    tries: int
+    request_id: bytes
+
+
+@dataclass(slots=True)
+class RelayState:
+    """A path request heard and waiting for its jittered rebroadcast."""
+
+    frame: Frame
+    request: PathRequest
+    covered: set[bytes]
+    heard_from: set[LinkId]
+
+
+@dataclass(slots=True)
+class FloodState:
+    frame: Frame
+    heard_from: set[LinkId]
+
+
+class Router(RouterBase):
+    """A mesh node's forwarding plane and path discovery (see module docstrings)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        now: float,
+        rng: random.Random,
+        endpoint: EndpointHooks,
+        config: RouterConfig | None = None,
+    ) -> None:
+        super().__init__(identity, now=now, rng=rng, endpoint=endpoint, config=config)
+        self.pending: dict[NodeAddress, deque[Pending]] = {}
+        self.pending_total = 0
+        self.discoveries: dict[NodeAddress, Discovery] = {}
+        self.backoff: dict[NodeAddress, tuple[float, float]] = {}  # dst -> (until, period)
+        self.relay_states: OrderedDict[bytes, RelayState] = OrderedDict()
+        self.flood_states: OrderedDict[tuple[bytes, int], FloodState] = OrderedDict()
+        self.replied: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+
+    # --- links --------------------------------------------------------------------
+    def link_up(
+        self, link_id: LinkId, peer: PublicIdentity, info: LinkInfo, *, now: float
+    ) -> None:
+        """A new authenticated neighbour: greet it and use the new path."""
+        if link_id in self.neighbours:
+            self.link_down(link_id, now=now)
+        neighbour = self.add_neighbour(link_id, peer, info, now=now)
+        self.announce_to([link_id])
+        self.path_appeared(neighbour.address, now=now)
+
+    def link_down(self, link_id: LinkId, *, now: float) -> None:
+        neighbour, inflight = self.remove_neighbour(link_id)
+        if neighbour is None:
+            return
+        self.table.drop_precursor(link_id)
+        self.invalidate_link(link_id, now=now)
+        for item in inflight:
+            self.reroute(item, now=now)
+
+    def invalidate_link(self, link_id: LinkId, *, now: float) -> None:
+        """Every route via ``link_id`` is gone: tell the upstreams (AODV §6.11)."""
+        broken = self.table.via_link(link_id)
+        errors: dict[LinkId, list[tuple[NodeAddress, int]]] = {}
+        for route in broken:
+            self.table.remove(route.dst)
+            self.emit(PathChanged(route.dst, None, 0, 0.0))
+            for precursor in route.precursors:
+                if precursor != link_id:
+                    errors.setdefault(precursor, []).append((route.dst, route.seq))
+        for precursor, unreachable in errors.items():
+            self.send_path_error(precursor, unreachable, now=now)
+
+    def reroute(self, item: InFlight, *, now: float) -> None:
+        """A frame its next hop never acknowledged: one local repair, then give up."""
+        pending = Pending(item.frame, item.local, item.upstream, now, rerouted=True)
+        self.route_out(pending, now=now)
+
+    # --- forwarding ---------------------------------------------------------------
+    def originate(self, frame: Frame, *, now: float) -> None:
+        """A frame the endpoint wants sent (first send, retry, ACK, custody traffic)."""
+        if frame.flags & FrameFlags.FLOOD:
+            self.flood_out(frame, now=now)
+            return
+        self.route_out(Pending(frame, True, None, now), now=now)
+
+    def relay(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        if frame.ttl <= 1 or frame.hops >= 255:
+            self.stats.dropped += 1
+            return
+        self.route_out(Pending(frame.hopped(), False, link_id, now), now=now)
+
+    def next_hop(self, dst: NodeAddress, *, now: float) -> tuple[LinkId, Route | None] | None:
+        link_id = self.by_addr.get(dst)
+        if link_id is not None:
+            return link_id, None
+        route = self.table.get(dst, now=now)
+        if route is None or route.link_id not in self.neighbours:
+            return None
+        return route.link_id, route
+
+    def route_out(self, item: Pending, *, now: float) -> None:
+        frame = item.frame
+        hop = self.next_hop(frame.dst, now=now)
+        if hop is None:
+            self.buffer(item, now=now)
+            return
+        link_id, route = hop
+        if link_id == item.upstream and route is not None:
+            # Our path points back where the frame came from: a stale path; repair it.
+            self.table.remove(frame.dst)
+            self.buffer(item, now=now)
+            return
+        if route is not None:
+            route.expires_at = max(route.expires_at, now + self.config.route_lifetime)
+            if item.upstream is not None:
+                route.precursors.add(item.upstream)
+                back = self.table.get(frame.src, now=now)
+                if back is not None:
+                    back.precursors.add(link_id)
+        if not self.transmit(link_id, frame, local=item.local, upstream=item.upstream, now=now):
+            self.give_up(item, now=now)
+
+    def buffer(self, item: Pending, *, now: float) -> None:
+        dst = item.frame.dst
+        backoff = self.backoff.get(dst)
+        if backoff is not None and backoff[0] > now:
+            self.give_up(item, now=now)
+            return
+        queue = self.pending.setdefault(dst, deque())
+        cfg = self.config
+        if len(queue) >= cfg.pending_per_dst or self.pending_total >= cfg.pending_total:
+            self.give_up(item, now=now)
+            return
+        queue.append(item)
+        self.pending_total += 1
+        if dst not in self.discoveries:
+            self.discoveries[dst] = Discovery(0, b"")
+            self.send_path_request(dst, now=now)
+
+    def give_up(self, item: Pending, *, now: float) -> None:
+        """No path: custody for relayed DATA, route failure (+ flood) for own frames."""
+        frame = item.frame
+        if item.local:
+            if frame.type in ENDPOINT_TYPES:
+                self.endpoint.on_route_failed(frame.frame_id, now=now)
+                if self.config.flood_fallback:
+                    self.flood_out(frame, now=now)
+            return
+        custody = frame.type == FrameType.DATA and frame.flags & FrameFlags.CUSTODY_ALLOWED
+        if custody and self.endpoint.take_custody(frame, now=now):
+            return
+        self.stats.dropped += 1
+        if (
+            frame.type in ENDPOINT_TYPES
+            and item.upstream is not None
+            and item.upstream in self.neighbours
+        ):
+            seq = self.table.last_seq(frame.dst) or 0
+            self.send_path_error(item.upstream, [(frame.dst, seq)], now=now)
+
+    def flush_pending(self, dst: NodeAddress, *, now: float) -> None:
+        queue = self.pending.pop(dst, None)
+        if not queue:
+            return
+        self.pending_total -= len(queue)
+        for item in queue:
+            self.route_out(item, now=now)
+
+    def path_appeared(self, dst: NodeAddress, *, now: float) -> None:
+        self.discoveries.pop(dst, None)
+        self.backoff.pop(dst, None)
+        self.flush_pending(dst, now=now)
+        self.endpoint.path_available(dst, now=now)
+
+    # --- path requests ------------------------------------------------------------
+    def send_path_request(self, dst: NodeAddress, *, now: float) -> None:
+        discovery = self.discoveries[dst]
+        discovery.tries += 1
+        request_id = self.rng.randbytes(8)
+        discovery.request_id = request_id
+        self.flood_seen.add(request_id, now=now)
+        origin_seq = self.own.bump()
+        last = self.table.last_seq(dst)
+        flags = (PREQ_UNKNOWN_SEQ if last is None else 0) | (
+            PREQ_FULL if discovery.tries > 1 else 0
+        )
+        request = PathRequest(origin_seq, last or 0, 0, flags, (), self.own.encoded())
+        frame = Frame(
+            FrameType.PATH_REQUEST, request_id, self.address, dst, b"",
+            ttl=self.config.default_ttl,
+        )
+        self.broadcast_request(frame, request, list(self.neighbours))
+        timeout = self.config.discovery_timeout * 2 ** (discovery.tries - 1)
+        self.schedule(now + timeout, "discovery", (dst, request_id))
+
+    def broadcast_request(self, frame: Frame, request: PathRequest, targets: list[LinkId]) -> None:
+        if not targets:
+            return
+        covered = [self.prefix] + [self.neighbours[t].prefix for t in targets]
+        body = PathRequest(
+            request.origin_seq, request.dst_seq, request.cost, request.flags & ~PREQ_LEAF,
+            tuple(covered[:MAX_NEIGHBOURS_LISTED]), request.origin_announce,
+        ).encode()
+        data = Frame(
+            frame.type, frame.frame_id, frame.src, frame.dst, body, frame.flags,
+            frame.ttl, frame.hops, frame.attempt,
+        ).encode()
+        for link_id in targets:
+            self.send_raw(link_id, data, "PATH_REQUEST")
+
+    def discovery_timeout(self, dst: NodeAddress, request_id: bytes, *, now: float) -> None:
+        discovery = self.discoveries.get(dst)
+        if discovery is None or discovery.request_id != request_id:
+            return
+        if discovery.tries < self.config.discovery_tries and self.neighbours:
+            self.send_path_request(dst, now=now)
+            return
+        del self.discoveries[dst]
+        low, high = self.config.discovery_backoff
+        previous = self.backoff.get(dst)
+        period = min(high, previous[1] * 2) if previous is not None else low
+        self.backoff[dst] = (now + period, period)
+        queue = self.pending.pop(dst, deque())
+        self.pending_total -= len(queue)
+        for item in queue:
+            self.give_up(item, now=now)
+
+    def handle_path_request(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        if frame.src == self.address:
+            return
+        request = decode_path_request(frame.body)
+        neighbour = self.neighbours[link_id]
+        cost = request.cost / COST_SCALE + self.hop_cost(
+            link_id, relay=neighbour.address != frame.src
+        )
+        self.offer_route(
+            frame.src, link_id, frame.hops + 1, cost, request.origin_seq, True,
+            self.config.route_lifetime, now=now,
+        )
+        request_id = frame.frame_id
+        state = self.relay_states.get(request_id)
+        if state is not None:  # a later copy of a request still waiting to be relayed
+            state.covered.update(request.covered)
+            state.heard_from.add(link_id)
+            return
+        first = self.flood_seen.add(request_id, now=now)
+        if frame.dst == self.address:
+            self.answer_request(request_id, frame, request, cost, now=now)
+            return
+        if not first or request.flags & PREQ_LEAF or frame.ttl <= 1:
+            return
+        if not self.relay_allowed(link_id, now=now):
+            return
+        self.relay_states[request_id] = RelayState(
+            frame, request, set(request.covered), {link_id}
+        )
+        while len(self.relay_states) > 1024:
+            self.relay_states.popitem(last=False)
+        low, high = self.config.preq_jitter
+        # Low-battery relays wait longer, so that paths through others form first.
+        stretch = 1.0 if self.own_battery is None or self.own_battery >= 30 else 3.0
+        self.schedule(now + self.rng.uniform(low, high) * stretch, "preq", request_id)
+
+    def relay_request(self, request_id: bytes, *, now: float) -> None:
+        state = self.relay_states.pop(request_id, None)
+        if state is None:
+            return
+        full = bool(state.request.flags & PREQ_FULL)
+        targets = [
+            lid for lid, n in self.neighbours.items()
+            if lid not in state.heard_from and (full or n.prefix not in state.covered)
+        ]
+        back = self.table.get(state.frame.src, now=now)
+        cost = wire_cost(back.cost) if back is not None else state.request.cost
+        request = PathRequest(
+            state.request.origin_seq, state.request.dst_seq, cost, state.request.flags,
+            (), state.request.origin_announce,
+        )
+        self.broadcast_request(state.frame.hopped(), request, targets)
+
+    def answer_request(
+        self, request_id: bytes, frame: Frame, request: PathRequest, cost: float, *, now: float
+    ) -> None:
+        previous = self.replied.get(request_id)
+        if previous is not None:
+            best, count = previous
+            if count >= _MAX_REPLIES or cost > best - _REPLY_IMPROVEMENT:
+                return
+        if previous is None and request.origin_announce:
+            self.learn_from_announce(frame.src, request.origin_announce)
+        self.replied[request_id] = (cost, 1 if previous is None else previous[1] + 1)
+        while len(self.replied) > 256:
+            self.replied.popitem(last=False)
+        if not request.flags & PREQ_UNKNOWN_SEQ and not seq_newer(self.own.seq, request.dst_seq):
+            self.own.seq = request.dst_seq  # AODV §6.6.1: answer with a fresher number
+            self.own.bump()
+        reply = PathReply(0, int(self.config.route_lifetime), request_id,
+                          self._own_announce())
+        out = Frame(
+            FrameType.PATH_REPLY, self.rng.randbytes(8), self.address, frame.src,
+            reply.encode(), ttl=self.config.default_ttl,
+        )
+        self.route_out(Pending(out, False, None, now), now=now)
+
+    def _own_announce(self) -> Announce:
+        return decode_announce(self.own.encoded())
+
+    def learn_from_announce(self, address: NodeAddress, body: bytes) -> None:
+        try:
+            record, _ = self.identities.accept(body, claimed=address)
+        except MeshdError:
+            return
+        self.learned(address, record.identity, record.announce.extensions)
+
+    # --- path replies and errors --------------------------------------------------
+    def handle_path_reply(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        reply = decode_path_reply(frame.body)
+        try:
+            record, _ = self.identities.accept(frame.body[12:], claimed=frame.src)
+        except SignatureError as exc:
+            self.reject(link_id, f"forged path reply: {exc}")
+            return
+        self.learned(frame.src, record.identity, record.announce.extensions)
+        neighbour = self.neighbours[link_id]
+        cost = reply.cost / COST_SCALE + self.hop_cost(
+            link_id, relay=neighbour.address != frame.src
+        )
+        self.offer_route(
+            frame.src, link_id, frame.hops + 1, cost, reply.announce.seq, True,
+            float(reply.lifetime), now=now,
+        )
+        if frame.dst == self.address:
+            return
+        if frame.ttl <= 1:
+            return
+        onward = PathReply(wire_cost(cost), reply.lifetime, reply.request_id, reply.announce)
+        hopped = frame.hopped()
+        out = Frame(
+            hopped.type, hopped.frame_id, hopped.src, hopped.dst, onward.encode(),
+            hopped.flags, hopped.ttl, hopped.hops, hopped.attempt,
+        )
+        self.route_out(Pending(out, False, link_id, now), now=now)
+
+    def offer_route(
+        self, dst: NodeAddress, link_id: LinkId, hops: int, cost: float, seq: int,
+        seq_valid: bool, lifetime: float, *, now: float,
+    ) -> None:
+        if dst == self.address or dst.is_broadcast:
+            return
+        had = self.can_route(dst)
+        route, changed = self.table.offer(
+            dst, link_id=link_id, next_hop=self.neighbours[link_id].address, hops=hops,
+            cost=cost, seq=seq, seq_valid=seq_valid, expires_at=now + lifetime, now=now,
+        )
+        if changed:
+            self.emit(PathChanged(dst, route.next_hop, route.hops, route.cost))
+        if not had:
+            self.path_appeared(dst, now=now)
+        elif changed and dst in self.pending:
+            self.flush_pending(dst, now=now)
+
+    def send_path_error(
+        self, link_id: LinkId, unreachable: list[tuple[NodeAddress, int]], *, now: float
+    ) -> None:
+        neighbour = self.neighbours.get(link_id)
+        if neighbour is None:
+            return
+        for start in range(0, len(unreachable), MAX_PATH_ERRORS):
+            body = PathError(tuple(unreachable[start : start + MAX_PATH_ERRORS])).encode()
+            frame = Frame(
+                FrameType.PATH_ERROR, self.rng.randbytes(8), self.address, neighbour.address,
+                body, ttl=1,
+            )
+            self.transmit(link_id, frame, local=False, upstream=None, now=now)
+
+    def handle_path_error(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        error = decode_path_error(frame.body)
+        onward: dict[LinkId, list[tuple[NodeAddress, int]]] = {}
+        for dst, seq in error.unreachable:
+            route = self.table.get(dst, now=now)
+            if route is None or route.link_id != link_id:
+                continue
+            self.table.remove(dst)
+            self.emit(PathChanged(dst, None, 0, 0.0))
+            for precursor in route.precursors:
+                if precursor != link_id:
+                    onward.setdefault(precursor, []).append((dst, max(seq, route.seq)))
+        for precursor, unreachable in onward.items():
+            self.send_path_error(precursor, unreachable, now=now)
+
+    # --- controlled flooding (fallback, and FLOOD frames from the endpoint) ----------
+    def flood_out(self, frame: Frame, *, now: float) -> None:
+        flooded = Frame(
+            frame.type, frame.frame_id, frame.src, frame.dst, frame.body,
+            frame.flags | FrameFlags.FLOOD, min(frame.ttl, self.config.flood_ttl),
+            frame.hops, frame.attempt,
+        )
+        self.flood_seen.add(("flood", frame.frame_id, frame.attempt), now=now)
+        data = flooded.encode()
+        for link_id in self.neighbours:
+            self.send_raw(link_id, data, "FLOOD_" + frame.type.name)
+
+    def handle_flooded(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        key = (frame.frame_id, frame.attempt)
+        state = self.flood_states.get(key)
+        if state is not None:
+            state.heard_from.add(link_id)
+            return
+        if not self.flood_seen.add(("flood", *key), now=now):
+            return
+        if frame.type not in ENDPOINT_TYPES:
+            self.reject(link_id, f"{frame.type.name} cannot be flooded")
+            return
+        neighbour = self.neighbours[link_id]
+        self.offer_route(
+            frame.src, link_id, frame.hops + 1,
+            float(frame.hops) + self.hop_cost(link_id, relay=neighbour.address != frame.src),
+            0, False, self.config.route_lifetime, now=now,
+        )
+        if frame.dst == self.address:
+            self.endpoint.on_local_frame(frame, now=now, key_of=self.key_of)
+            return
+        if frame.ttl <= 1 or not self.relay_allowed(link_id, now=now):
+            return
+        self.flood_states[key] = FloodState(frame.hopped(), {link_id})
+        while len(self.flood_states) > 1024:
+            self.flood_states.popitem(last=False)
+        low, high = self.config.flood_jitter
+        self.schedule(now + self.rng.uniform(low, high), "flood", key)
+
+    def relay_flood(self, key: tuple[bytes, int], *, now: float) -> None:
+        state = self.flood_states.pop(key, None)
+        if state is None:
+            return
+        frame = state.frame
+        hop = self.next_hop(frame.dst, now=now)
+        if hop is not None and hop[0] not in state.heard_from:
+            # We know a path: leave the flood and go unicast (hop-by-hop reliable).
+            unicast = Frame(
+                frame.type, frame.frame_id, frame.src, frame.dst, frame.body,
+                frame.flags & ~FrameFlags.FLOOD, frame.ttl, frame.hops, frame.attempt,
+            )
+            self.transmit(hop[0], unicast, local=False, upstream=None, now=now)
+            return
+        targets = [lid for lid in self.neighbours if lid not in state.heard_from]
+        self.rng.shuffle(targets)
+        data = frame.encode()
+        for link_id in targets[: self.config.flood_fanout]:
+            self.send_raw(link_id, data, "FLOOD_" + frame.type.name)
+
+    # --- timers -------------------------------------------------------------------
+    def run_timers(self, *, now: float) -> None:
+        for item in self.retransmit_due(now=now):
+            self.link_failing(item, now=now)
+        for kind, payload in self.pop_due_timers(now):
+            if kind == "preq":
+                assert isinstance(payload, bytes)
+                self.relay_request(payload, now=now)
+            elif kind == "flood":
+                assert isinstance(payload, tuple)
+                self.relay_flood(payload, now=now)
+            elif kind == "discovery":
+                assert isinstance(payload, tuple)
+                self.discovery_timeout(payload[0], payload[1], now=now)
+            elif kind == "announce":
+                self.announce_to(list(self.neighbours))
+                interval = self.config.announce_interval
+                self.schedule(now + interval * self.rng.uniform(0.9, 1.1), "announce", None)
+            elif kind == "cluster":
+                if self._cluster_dirty:
+                    self.recompute_clusters()
+                self.schedule(now + self.config.cluster_interval, "cluster", None)
+            elif kind == "sweep":
+                self.sweep(now=now)
+                self.schedule(now + 30.0, "sweep", None)
+
+    def link_failing(self, item: InFlight, *, now: float) -> None:
+        """Hop-by-hop retries exhausted: paths via that neighbour are suspect."""
+        if item.frame.type == FrameType.PATH_ERROR:
+            return
+        if item.link_id in self.neighbours:
+            self.invalidate_link(item.link_id, now=now)
+        neighbour = self.neighbours.get(item.link_id)
+        if neighbour is not None and item.frame.dst == neighbour.address:
+            self.give_up(Pending(item.frame, item.local, item.upstream, now), now=now)
+            return
+        self.reroute(item, now=now)
+
+    def sweep(self, *, now: float) -> None:
+        self.table.sweep(now=now)
+        self.rx_seen.expire(now=now)
+        self.flood_seen.expire(now=now)
+        for dst in [d for d, (until, _) in self.backoff.items() if until + 600 < now]:
+            del self.backoff[dst]
+        limit = now - self.config.pending_max_wait
+        for dst in list(self.pending):
+            queue = self.pending[dst]
+            while queue and queue[0].queued_at < limit:
+                self.pending_total -= 1
+                self.give_up(queue.popleft(), now=now)
+            if not queue:
+                del self.pending[dst]

@@ -1,0 +1,457 @@
+"""The forwarding plane: neighbours, hop-by-hop reliable unicast, announces, rate limits,
+link advice. Path discovery/repair lives in ``discovery.py`` (a base class of Router).
+
+Sans-IO: methods take ``now``; outputs are queued in ``out`` (link sends), ``events``
+(CoreEvents) and calls on the ``EndpointHooks`` the facade passes in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meshd.address import BROADCAST, NodeAddress
+from meshd.crypto.identity import Identity, PublicIdentity
+from meshd.errors import MeshdError, SignatureError
+from meshd.router.announce import IdentityCache, OwnAnnounce
+from meshd.router.bodies import BATTERY_UNKNOWN, decode_link_ack, encode_link_ack, prefix_of
+from meshd.router.clusters import LinkView, advise, cluster_signature
+from meshd.router.dedup import SeenSet
+from meshd.router.events import (
+    CoreEvent,
+    FrameRejected,
+    LinkAdviceChanged,
+    LinkId,
+    NeighbourDown,
+    NeighbourUp,
+    PeerIdentityLearned,
+)
+from meshd.router.frames import Frame, FrameFlags, FrameType, decode_frame, peek_type
+from meshd.router.linkrel import InFlight, LinkReliability
+from meshd.router.paths import PathTable
+from meshd.router.ratelimit import TokenBucket, battery_scale
+from meshd.router.types import LinkInfo, LinkKind, NeighbourInfo
+
+ENDPOINT_TYPES = frozenset(
+    {FrameType.DATA, FrameType.ACK, FrameType.CUSTODY_OFFER, FrameType.CUSTODY_RECEIPT}
+)
+MAX_QUEUED_EVENTS = 4096  # past this, FrameRejected events are counted, not queued
+
+
+class EndpointHooks(Protocol):
+    """The part of the end-to-end Endpoint (reliability.py) the router calls."""
+
+    def on_local_frame(
+        self, frame: Frame, *, now: float,
+        key_of: Callable[[NodeAddress], PublicIdentity | None],
+    ) -> None: ...
+
+    def on_transmitted(self, frame_id: bytes, *, now: float) -> None: ...
+
+    def on_next_hop_acked(self, frame_id: bytes, *, now: float) -> None: ...
+
+    def on_route_failed(self, frame_id: bytes, *, now: float) -> None: ...
+
+    def take_custody(self, frame: Frame, *, now: float) -> bool: ...
+
+    def path_available(self, dst: NodeAddress, *, now: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Forwarding-plane tunables (figures and their sources in docs/wire-format.md)."""
+
+    announce_interval: float = 60.0
+    default_ttl: int = 32
+    flood_ttl: int = 16
+    flood_fanout: int = 3  # REFERENCE: fan-out 3, jitter 20-200 ms
+    flood_jitter: tuple[float, float] = (0.020, 0.200)
+    preq_jitter: tuple[float, float] = (0.010, 0.080)
+    discovery_timeout: float = 2.5  # first try; doubles per retry
+    discovery_tries: int = 3
+    discovery_backoff: tuple[float, float] = (10.0, 300.0)  # after a failed discovery
+    route_lifetime: float = 900.0  # refreshed on use
+    pending_per_dst: int = 64
+    pending_total: int = 1024
+    pending_max_wait: float = 60.0
+    link_max_tries: int = 5
+    link_max_inflight: int = 256
+    relay_rate: float = 50.0  # frames/s relayed per neighbour (token bucket)
+    relay_burst: float = 100.0
+    max_links: int = 4  # advice for connection-limited transports (BLE)
+    cluster_interval: float = 15.0  # REFERENCE: rebalance every 15 s
+    path_capacity: int = 4096
+    seen_capacity: int = 8192
+    seen_max_age: float = 600.0
+    identity_capacity: int = 8192
+    flood_fallback: bool = True
+
+
+@dataclass(slots=True)
+class Neighbour:
+    link_id: LinkId
+    peer: PublicIdentity
+    address: NodeAddress
+    prefix: bytes
+    info: LinkInfo
+    up_since: float
+    last_heard: float
+    bucket: TokenBucket
+    battery: int | None = None
+    charging: bool = False
+    cluster_id: int | None = None
+    neighbours: frozenset[bytes] = frozenset()
+    keep: bool = True
+
+
+@dataclass(slots=True)
+class Pending:
+    frame: Frame
+    local: bool
+    upstream: LinkId | None
+    queued_at: float
+    rerouted: bool = False
+
+
+@dataclass(slots=True)
+class Stats:
+    tx: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+    rate_limited: int = 0
+    dropped: int = 0
+    events_dropped: int = 0
+
+    def count(self, kind: str) -> None:
+        self.tx[kind] = self.tx.get(kind, 0) + 1
+
+
+class RouterBase:
+    """State and plumbing shared by the forwarding plane and path discovery."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        now: float,
+        rng: random.Random,
+        endpoint: EndpointHooks,
+        config: RouterConfig | None = None,
+    ) -> None:
+        self.config = config or RouterConfig()
+        cfg = self.config
+        self.identity = identity
+        self.address = identity.address
+        self.prefix = prefix_of(self.address)
+        self.rng = rng
+        self.endpoint = endpoint
+        self.neighbours: dict[LinkId, Neighbour] = {}
+        self.by_addr: dict[NodeAddress, LinkId] = {}
+        self.table = PathTable(capacity=cfg.path_capacity)
+        self.linkrel = LinkReliability(
+            max_tries=cfg.link_max_tries, max_inflight=cfg.link_max_inflight
+        )
+        self.rx_seen = SeenSet(capacity=cfg.seen_capacity, max_age=cfg.seen_max_age)
+        self.flood_seen = SeenSet(capacity=cfg.seen_capacity, max_age=cfg.seen_max_age)
+        self.identities = IdentityCache(capacity=cfg.identity_capacity)
+        self.identities.pin(identity.public)
+        self.own = OwnAnnounce(identity)
+        self.out: list[tuple[LinkId, bytes]] = []
+        self.events: deque[CoreEvent] = deque()
+        self.stats = Stats()
+        self._timers: list[tuple[float, int, str, object]] = []
+        self._timer_counter = 0
+        self._cluster_dirty = False
+        self._last_battery_announce = -1e9
+        self._announced_identities: dict[NodeAddress, bytes] = {}
+        self.schedule(now + cfg.announce_interval * rng.uniform(0.5, 1.0), "announce", None)
+        self.schedule(now + cfg.cluster_interval, "cluster", None)
+        self.schedule(now + 30.0, "sweep", None)
+
+    # --- plumbing -----------------------------------------------------------------
+    def schedule(self, when: float, kind: str, payload: object) -> None:
+        self._timer_counter += 1
+        heapq.heappush(self._timers, (when, self._timer_counter, kind, payload))
+
+    def pop_due_timers(self, now: float) -> list[tuple[str, object]]:
+        due: list[tuple[str, object]] = []
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, payload = heapq.heappop(self._timers)
+            due.append((kind, payload))
+        return due
+
+    def next_deadline(self) -> float | None:
+        candidates = [self._timers[0][0]] if self._timers else []
+        link_deadline = self.linkrel.next_deadline()
+        if link_deadline is not None:
+            candidates.append(link_deadline)
+        return min(candidates) if candidates else None
+
+    def emit(self, event: CoreEvent) -> None:
+        if isinstance(event, FrameRejected) and len(self.events) >= MAX_QUEUED_EVENTS:
+            self.stats.events_dropped += 1
+            return
+        self.events.append(event)
+
+    def reject(self, link_id: LinkId, reason: str) -> None:
+        self.stats.rejected += 1
+        self.emit(FrameRejected(link_id, reason))
+
+    def send_raw(self, link_id: LinkId, data: bytes, kind: str) -> None:
+        self.out.append((link_id, data))
+        self.stats.count(kind)
+
+    def key_of(self, address: NodeAddress) -> PublicIdentity | None:
+        record = self.identities.get(address)
+        return record.identity if record is not None else None
+
+    def can_route(self, dst: NodeAddress) -> bool:
+        return dst in self.by_addr or self.table.get(dst, now=-1e18) is not None
+
+    # --- costs (sum over hops of 1 + link-quality penalty + relay battery penalty) --
+    def hop_cost(self, link_id: LinkId, *, relay: bool) -> float:
+        quality = max(0.2, self.linkrel.quality(link_id))
+        cost = 1.0 + min(4.0, 1.0 / quality - 1.0)
+        neighbour = self.neighbours.get(link_id)
+        if relay and neighbour is not None:
+            cost += battery_penalty(neighbour.battery, neighbour.charging)
+        return cost
+
+    # --- unicast with hop-by-hop reliability ----------------------------------------
+    def transmit(
+        self, link_id: LinkId, frame: Frame, *, local: bool, upstream: LinkId | None, now: float
+    ) -> bool:
+        data = frame.encode()
+        if not self.linkrel.track(link_id, frame, data, local=local, upstream=upstream, now=now):
+            self.stats.dropped += 1
+            return False
+        self.send_raw(link_id, data, frame.type.name)
+        if local and frame.type in ENDPOINT_TYPES:
+            self.endpoint.on_transmitted(frame.frame_id, now=now)
+        return True
+
+    def handle_link_ack(self, link_id: LinkId, data: bytes, *, now: float) -> None:
+        for key in decode_link_ack(data):
+            item = self.linkrel.acked(link_id, key, now=now)
+            if item is not None and item.local and item.frame.type in ENDPOINT_TYPES:
+                self.endpoint.on_next_hop_acked(item.frame.frame_id, now=now)
+
+    def ack_frame(self, link_id: LinkId, frame: Frame) -> None:
+        self.send_raw(link_id, encode_link_ack([frame.dedup_key]), "LINK_ACK")
+
+    def retransmit_due(self, *, now: float) -> list[InFlight]:
+        resend, failed = self.linkrel.due(now=now)
+        for item in resend:
+            if item.link_id in self.neighbours:
+                self.send_raw(item.link_id, item.data, item.frame.type.name)
+        return failed
+
+    # --- announces ------------------------------------------------------------------
+    def announce_frame(self) -> bytes:
+        body = self.own.encoded()
+        frame = Frame(
+            FrameType.ANNOUNCE, self.rng.randbytes(8), self.address, BROADCAST, body, ttl=1
+        )
+        return frame.encode()
+
+    def announce_to(self, link_ids: list[LinkId]) -> None:
+        if not link_ids:
+            return
+        data = self.announce_frame()
+        for link_id in link_ids:
+            self.send_raw(link_id, data, "ANNOUNCE")
+
+    def handle_announce(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        try:
+            record, fresh = self.identities.accept(frame.body, claimed=frame.src)
+        except SignatureError as exc:
+            self.reject(link_id, f"forged announce: {exc}")
+            return
+        neighbour = self.neighbours[link_id]
+        if fresh and frame.src == neighbour.address:
+            ann = record.announce
+            neighbour.battery = None if ann.battery == BATTERY_UNKNOWN else ann.battery
+            neighbour.charging = ann.charging
+            neighbour.cluster_id = ann.cluster_id
+            if frozenset(ann.neighbours) != neighbour.neighbours:
+                neighbour.neighbours = frozenset(ann.neighbours)
+                self._cluster_dirty = True
+        self.learned(frame.src, record.identity, record.announce.extensions)
+
+    def learned(self, address: NodeAddress, identity: PublicIdentity, extensions: bytes) -> None:
+        """Emit PeerIdentityLearned once per identity (and again when extensions change)."""
+        if address == self.address:
+            return
+        marker = identity.signing_key + identity.exchange_key + extensions
+        if self._announced_identities.get(address) == marker:
+            return
+        if len(self._announced_identities) >= self.config.identity_capacity:
+            self._announced_identities.pop(next(iter(self._announced_identities)))
+        self._announced_identities[address] = marker
+        self.emit(PeerIdentityLearned(address, identity, extensions))
+
+    # --- clusters and link advice -----------------------------------------------------
+    def recompute_clusters(self) -> None:
+        self._cluster_dirty = False
+        prefixes = [n.prefix for n in self.neighbours.values()]
+        self.own.update(
+            cluster_id=cluster_signature(self.prefix, prefixes), neighbours=tuple(prefixes)
+        )
+        views = [
+            LinkView(
+                n.link_id, n.prefix, n.info.kind, self.linkrel.quality(n.link_id),
+                n.battery, n.info.rssi, n.neighbours,
+            )
+            for n in self.neighbours.values()
+        ]
+        for link_id, (keep, reason) in advise(
+            self.prefix, views, max_links=self.config.max_links
+        ).items():
+            neighbour = self.neighbours[link_id]
+            if neighbour.keep != keep:
+                neighbour.keep = keep
+                self.emit(LinkAdviceChanged(link_id, keep, reason))
+
+    def neighbour_infos(self) -> list[NeighbourInfo]:
+        return [
+            NeighbourInfo(
+                n.link_id, n.address, n.info.kind, self.linkrel.quality(n.link_id),
+                n.battery, n.cluster_id, n.keep, n.up_since,
+            )
+            for n in self.neighbours.values()
+        ]
+
+    # --- links ------------------------------------------------------------------------
+    def add_neighbour(
+        self, link_id: LinkId, peer: PublicIdentity, info: LinkInfo, *, now: float
+    ) -> Neighbour:
+        cfg = self.config
+        address = peer.address
+        neighbour = Neighbour(
+            link_id, peer, address, prefix_of(address), info, now, now,
+            TokenBucket(rate=cfg.relay_rate, burst=cfg.relay_burst, now=now),
+        )
+        self.neighbours[link_id] = neighbour
+        self.by_addr[address] = link_id
+        self.linkrel.add_link(link_id, info.quality if info.kind != LinkKind.MEMORY else 0.95)
+        self.identities.pin(peer)
+        self._cluster_dirty = True
+        self.emit(NeighbourUp(link_id, address))
+        return neighbour
+
+    def remove_neighbour(self, link_id: LinkId) -> tuple[Neighbour | None, list[InFlight]]:
+        neighbour = self.neighbours.pop(link_id, None)
+        if neighbour is None:
+            return None, []
+        if self.by_addr.get(neighbour.address) == link_id:
+            del self.by_addr[neighbour.address]
+            # Another link to the same peer may still be up.
+            for other in self.neighbours.values():
+                if other.address == neighbour.address:
+                    self.by_addr[other.address] = other.link_id
+        self._cluster_dirty = True
+        self.emit(NeighbourDown(link_id, neighbour.address))
+        return neighbour, self.linkrel.remove_link(link_id)
+
+    def relay_allowed(self, link_id: LinkId, *, now: float) -> bool:
+        """Per-neighbour token bucket for frames relayed on its behalf, scaled by battery."""
+        neighbour = self.neighbours[link_id]
+        scale = battery_scale(self.own_battery, self.own.charging)
+        if neighbour.bucket.take(now=now, cost=1.0 / scale):
+            return True
+        self.stats.rate_limited += 1
+        return False
+
+    def set_battery(self, level: int, charging: bool, *, now: float) -> None:
+        """Re-announce to neighbours when the change matters to their path costs."""
+        old, old_charging = self.own_battery, self.own.charging
+        self.own.update(battery=level, charging=charging)
+        meaningful = (
+            old is None
+            or charging != old_charging
+            or abs(level - old) >= 10
+            or any((old < mark) != (level < mark) for mark in (15, 30))
+        )
+        if meaningful and now - self._last_battery_announce >= 10.0:
+            self._last_battery_announce = now
+            self.announce_to(list(self.neighbours))
+
+    @property
+    def own_battery(self) -> int | None:
+        return None if self.own.battery == BATTERY_UNKNOWN else self.own.battery
+
+    # --- receive dispatch ---------------------------------------------------------------
+    def receive(self, link_id: LinkId, data: bytes, *, now: float) -> None:
+        neighbour = self.neighbours.get(link_id)
+        if neighbour is None:
+            self.reject(link_id, "frame on an unknown link")
+            return
+        neighbour.last_heard = now
+        try:
+            if peek_type(data) == FrameType.LINK_ACK:
+                self.handle_link_ack(link_id, data, now=now)
+                return
+            frame = decode_frame(data)
+            self.dispatch(link_id, frame, now=now)
+        except MeshdError as exc:
+            self.reject(link_id, f"malformed frame: {exc}")
+
+    def dispatch(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        if frame.src == self.address and frame.type != FrameType.PATH_REQUEST:
+            return  # our own frame echoed back (flood or loop): never relay it again
+        if frame.type == FrameType.ANNOUNCE:
+            self.handle_announce(link_id, frame, now=now)
+            return
+        if frame.type == FrameType.PATH_REQUEST:
+            self.handle_path_request(link_id, frame, now=now)
+            return
+        if frame.flags & FrameFlags.FLOOD or frame.dst.is_broadcast:
+            self.handle_flooded(link_id, frame, now=now)
+            return
+        # Unicast routed frame: LINK_ACK it (again, for duplicates), once accepted.
+        key = (frame.type, frame.frame_id, frame.attempt)
+        if key in self.rx_seen:
+            self.ack_frame(link_id, frame)
+            return
+        relaying = frame.dst != self.address
+        if relaying and not self.relay_allowed(link_id, now=now):
+            return  # no ACK: the neighbour's hop-by-hop retry is our backpressure
+        self.rx_seen.add(key, now=now)
+        self.ack_frame(link_id, frame)
+        if frame.type == FrameType.PATH_REPLY:
+            self.handle_path_reply(link_id, frame, now=now)
+        elif frame.type == FrameType.PATH_ERROR:
+            self.handle_path_error(link_id, frame, now=now)
+        elif not relaying:
+            self.endpoint.on_local_frame(frame, now=now, key_of=self.key_of)
+        else:
+            self.relay(link_id, frame, now=now)
+
+    # --- implemented by the discovery layer -----------------------------------------
+    def handle_path_request(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        raise NotImplementedError
+
+    def handle_path_reply(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        raise NotImplementedError
+
+    def handle_path_error(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        raise NotImplementedError
+
+    def handle_flooded(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        raise NotImplementedError
+
+    def relay(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        raise NotImplementedError
+
+
+def battery_penalty(battery: int | None, charging: bool) -> float:
+    """Relay battery penalty: 0 at >= 30 % (or charging), 1-2 between 15 and 30 %, and 10
+    below 15 % so such a relay is used only when there is no alternative."""
+    if charging or battery is None or battery >= 30:
+        return 0.0
+    if battery < 15:
+        return 10.0
+    return 1.0 + (30 - battery) / 15
