@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -123,6 +124,10 @@ def reap_stale() -> list[str]:
         if match and not _pid_alive(int(match.group(1))):
             _delete_namespace(ns)
             reaped.append(ns)
+    for rundir in Path(tempfile.gettempdir()).glob(f"{NS_PREFIX}-*"):
+        match = _NS_RE.match(rundir.name)
+        if match and rundir.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(rundir, ignore_errors=True)
     return reaped
 
 
@@ -185,6 +190,7 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     notify: _NotifyListener | None = None
     ready_s: float | None = None  # start → READY=1 of the latest start
+    started_at: float = 0.0  # time.monotonic() of the latest start
     starts: int = 0
     extra_args: list[str] = field(default_factory=list)
 
@@ -211,7 +217,10 @@ class NetnsLab:
         self.daemons: dict[str, Daemon] = {}
         self._loss: dict[tuple[str, str], int] = {}  # (node, peer) → % dropped on ingress
         self._made: list[str] = []
+        self._helpers: list[subprocess.Popen[str]] = []
         self._closed = False
+        # Unix socket paths must fit in 107 bytes (unix(7)); pytest's tmp dirs may not.
+        self.rundir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
 
     # ---------------------------------------------------------------- set-up
 
@@ -340,12 +349,14 @@ class NetnsLab:
 
     def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
         """Start a command inside ``node``'s namespace (killed by :meth:`close`)."""
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(node), *argv],
             text=True,
             preexec_fn=_set_pdeathsig,
             **kwargs,
         )
+        self._helpers.append(proc)
+        return proc
 
     # ---------------------------------------------------------------- loss
 
@@ -404,7 +415,7 @@ class NetnsLab:
             self.daemons[node] = Daemon(
                 node=node,
                 state_dir=home / "state",
-                socket_path=home / "meshd.sock",
+                socket_path=self.rundir / f"{node}.sock",
                 log_path=home / "meshd.log",
             )
         return self.daemons[node]
@@ -430,7 +441,7 @@ class NetnsLab:
         self._reap(d)
         home = d.log_path.parent
         d.extra_args = list(extra_args)
-        d.notify = _NotifyListener(home / "notify.sock")
+        d.notify = _NotifyListener(self.rundir / f"{node}.notify")
         env = self._env(home)
         env["NOTIFY_SOCKET"] = str(d.notify.path)
         argv = [
@@ -443,7 +454,7 @@ class NetnsLab:
         with d.log_path.open("ab") as log:
             log.write(f"=== start {d.starts + 1}: {' '.join(argv)}\n".encode())
             log.flush()
-            started = time.monotonic()
+            d.started_at = time.monotonic()
             d.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns(node), *argv],
                 stdin=subprocess.DEVNULL,
@@ -457,20 +468,27 @@ class NetnsLab:
         d.starts += 1
         d.ready_s = None
         if wait_ready:
-            self.wait_ready(node, timeout=timeout, started=started)
+            self.wait_ready(node, timeout=timeout)
         return d
 
-    def wait_ready(
-        self, node: str, *, timeout: float = 15.0, started: float | None = None
-    ) -> float:
-        """Wait for READY=1; returns seconds since ``started`` (or since this call)."""
+    def start_all(self, *extra_args: str, timeout: float = 20.0) -> None:
+        """Start every node's daemon at once, then wait until all are READY."""
+        for node in self.nodes:
+            self.start(node, *extra_args, wait_ready=False)
+        for node in self.nodes:
+            self.wait_ready(node, timeout=timeout)
+
+    def wait_ready(self, node: str, *, timeout: float = 15.0) -> float:
+        """Wait for READY=1; returns (and records) seconds from start to READY."""
         d = self.daemon(node)
-        t0 = time.monotonic() if started is None else started
-        deadline = t0 + timeout
-        assert d.notify is not None and d.proc is not None
+        if d.notify is None or d.proc is None:
+            raise FailedPrecondition(f"meshd on {node} is not started", field="node")
+        if d.ready_s is not None:
+            return d.ready_s
+        deadline = d.started_at + timeout
         while time.monotonic() < deadline:
             if d.notify.wait_ready(0.02):
-                d.ready_s = time.monotonic() - t0
+                d.ready_s = time.monotonic() - d.started_at
                 return d.ready_s
             if d.proc.poll() is not None:
                 raise LabError(
@@ -554,6 +572,22 @@ class NetnsLab:
             )
         return done
 
+    def meshctl_popen(self, node: str, *args: str) -> subprocess.Popen[str]:
+        """Start a long-running meshctl (``watch``); stdout is a pipe; killed by close()."""
+        d = self.daemon(node)
+        argv = [sys.executable, "-m", "meshctl", "--socket", str(d.socket_path), *args]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._env(d.log_path.parent),
+            preexec_fn=_set_pdeathsig,
+        )
+        self._helpers.append(proc)
+        return proc
+
     def meshctl_json(self, node: str, *args: str, timeout: float = 30.0) -> Any:
         return json.loads(self.meshctl(node, "--json", *args, timeout=timeout).stdout)
 
@@ -593,6 +627,11 @@ class NetnsLab:
         if self._closed:
             return
         self._closed = True
+        for proc in self._helpers:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5.0)
         for d in self.daemons.values():
             if d.proc is not None and d.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -605,6 +644,7 @@ class NetnsLab:
         for ns in self._made:
             _delete_namespace(ns)
         self._made.clear()
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
     def __enter__(self) -> NetnsLab:
         return self
