@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from meshd.router.core import CoreConfig
+from meshd.router.e2e_bodies import DataBody, decode_data_body, decode_receipt_body
+from meshd.router.events import DeliveryState, DeliveryStateChanged, MessageReceived
+from meshd.router.frames import Frame, FrameFlags, FrameType
+from tests.unit.endpoint_harness import Wire, always, drain, endpoint, never, no_keys
+
+
+def held_states(events: Sequence[object]) -> list[tuple[DeliveryState, object]]:
+    return [(e.state, e.custodian) for e in events if isinstance(e, DeliveryStateChanged)]
+
+
+
+def test_custody_receipt_stops_sender_retries() -> None:
+    a, r, b = endpoint(1), endpoint(2), endpoint(3)
+    a.send(b.address, b"for b", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r.take_custody(data.hopped(), now=0.5)
+    [receipt] = r.poll(now=0.5, can_route=never)
+    assert receipt.type is FrameType.CUSTODY_RECEIPT
+    assert (receipt.src, receipt.dst) == (r.address, a.address)
+    a.on_local_frame(receipt, now=0.6, key_of=no_keys)
+    assert held_states(drain(a))[-1] == (DeliveryState.HELD_BY_CUSTODIAN, r.address)
+    # The sender keeps the entry but never retransmits on its own timer.
+    assert [e.state for e in a.outbox()] == [DeliveryState.HELD_BY_CUSTODIAN]
+    for t in range(1, 3600, 7):
+        assert a.poll(now=float(t), can_route=always) == []
+    assert a.stats.retries == 0
+
+
+def test_custody_hand_off_to_the_destination_keeps_src_and_id() -> None:
+    a, r, b = endpoint(1), endpoint(2), endpoint(3)
+    mid = a.send(b.address, b"payload", now=0.0, lifetime=3600.0, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r.take_custody(data, now=1.0)
+    r.poll(now=1.0, can_route=never)  # the receipt to a (dropped here)
+    # No route: the custodian probes at most once per probe interval, not on every timer.
+    probes = [f for t in range(2, 200) for f in r.poll(now=float(t), can_route=never)]
+    assert len(probes) == 1 and probes[0].frame_id == mid
+    r.path_available(b.address, now=200.0)
+    frames = r.poll(now=200.0, can_route=always)
+    [handoff] = [f for f in frames if f.type is FrameType.DATA]
+    assert (handoff.src, handoff.dst, handoff.frame_id) == (a.address, b.address, mid)
+    body = decode_data_body(handoff.body)
+    assert body.custodian == r.address and body.payload == b"payload"
+    assert body.lifetime_left == 3401  # taken at t=1 with 3600 s left
+    b.on_local_frame(handoff, now=200.1, key_of=no_keys)
+    [got] = drain(b)
+    assert isinstance(got, MessageReceived) and got.src == a.address and got.message_id == mid
+    replies = b.poll(now=200.1, can_route=always)
+    ack = next(f for f in replies if f.type is FrameType.ACK)
+    receipt = next(f for f in replies if f.type is FrameType.CUSTODY_RECEIPT)
+    assert ack.dst == a.address and receipt.dst == r.address
+    r.on_local_frame(receipt, now=200.2, key_of=no_keys)
+    assert r.custody() == [] and r.next_deadline() is None
+    a.on_local_frame(ack, now=200.3, key_of=no_keys)
+    assert held_states(drain(a))[-1][0] is DeliveryState.DELIVERED
+
+
+def test_custodian_retries_hand_off_until_a_receipt_arrives() -> None:
+    a, r, b = endpoint(1), endpoint(2), endpoint(3)
+    a.send(b.address, b"p", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r.take_custody(data, now=0.0)
+    r.poll(now=0.0, can_route=never)
+    handoffs = []
+    t = 1.0
+    while t < 400.0:
+        handoffs += [f for f in r.poll(now=t, can_route=always) if f.type is FrameType.DATA]
+        t += 0.5
+    assert len(handoffs) >= 4
+    assert len({f.attempt for f in handoffs}) == len(handoffs)  # relays see new attempts
+    assert len(r.custody()) == 1  # no receipt: still held
+
+
+
+@pytest.mark.parametrize("limit", ["frames", "bytes"])
+def test_custody_is_bounded_and_expired_frames_make_room(limit: str) -> None:
+    config = (CoreConfig(custody_limit_frames=3, custody_lifetime=100.0) if limit == "frames"
+              else CoreConfig(custody_limit_bytes=3 * (46 + 6 + 1000), custody_lifetime=100.0))
+    r = endpoint(2, config=config)
+    a, b = endpoint(1), endpoint(3)
+    for i in range(4):
+        a.send(b.address, bytes([i]) * 1000, now=0.0, lifetime=None, message_id=None)
+    frames = a.poll(now=0.0, can_route=always)
+    assert [r.take_custody(f, now=1.0) for f in frames] == [True, True, True, False]
+    assert r.stats.custody_refused == 1
+    assert r.take_custody(frames[0], now=2.0)  # already held: still True (receipt again)
+    assert len(r.custody()) == 3
+    assert r.take_custody(frames[3], now=102.0)  # the others expired
+    assert len(r.custody()) == 1 and r.stats.custody_expired == 3
+
+
+def test_custody_refuses_what_it_must_not_hold() -> None:
+    a, r, b = endpoint(1), endpoint(2), endpoint(3)
+    a.send(b.address, b"x", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    no_custody = Frame(data.type, data.frame_id, data.src, data.dst, data.body,
+                       FrameFlags.ACK_REQUESTED)
+    assert not r.take_custody(no_custody, now=1.0)
+    for_me = Frame(data.type, data.frame_id, data.src, r.address, data.body, data.flags)
+    assert not r.take_custody(for_me, now=1.0)
+    garbage = Frame(data.type, data.frame_id, data.src, data.dst, b"\x09junk", data.flags)
+    assert not r.take_custody(garbage, now=1.0)
+    dead = Frame(data.type, data.frame_id, data.src, data.dst,
+                 DataBody(b"x", 0).encode(), data.flags)
+    assert not r.take_custody(dead, now=1.0)
+    assert r.custody() == []
+
+
+def test_receipts_and_acks_must_verify() -> None:
+    a, r, b, m = endpoint(1), endpoint(2), endpoint(3), endpoint(4)
+    a.send(b.address, b"x", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r.take_custody(data, now=0.0)
+    [receipt] = r.poll(now=0.0, can_route=never)
+    # A receipt replayed by someone else (src m) does not verify: key hashes to r.
+    stolen = Frame(receipt.type, receipt.frame_id, m.address, receipt.dst, receipt.body)
+    a.on_local_frame(stolen, now=0.1, key_of=no_keys)
+    tampered = Frame(receipt.type, receipt.frame_id, receipt.src, receipt.dst,
+                     receipt.body[:-1] + bytes([receipt.body[-1] ^ 1]))
+    a.on_local_frame(tampered, now=0.1, key_of=no_keys)
+    assert a.stats.receipts_forged == 2
+    assert [e.state for e in a.outbox()] == [DeliveryState.QUEUED]
+    body = decode_receipt_body(receipt.body)
+    assert body.origin == a.address
+
+
+def test_offer_hands_custody_to_a_better_custodian() -> None:
+    a, r1, r2, b = endpoint(1), endpoint(2), endpoint(5), endpoint(3)
+    mid = a.send(b.address, b"x", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r1.take_custody(data, now=0.0)
+    r1.poll(now=0.0, can_route=never)
+    assert r1.offer_custody(r2.address, now=1.0) == 1
+    [offer] = r1.poll(now=1.0, can_route=never)
+    assert offer.type is FrameType.CUSTODY_OFFER and offer.dst == r2.address
+    r2.on_local_frame(offer, now=1.1, key_of=no_keys)
+    assert [f.frame_id for f in r2.custody()] == [mid]
+    [receipt] = r2.poll(now=1.1, can_route=never)
+    assert receipt.dst == r1.address
+    r1.on_local_frame(receipt, now=1.2, key_of=no_keys)
+    assert r1.custody() == [] and r1.stats.custody_released == 1
+
+
+def test_destination_offline_for_an_hour_gets_the_message_through_the_custodian() -> None:
+    """Issue 2 acceptance, end-to-end layer only: the sender leaves, the custodian delivers."""
+    a, r, b = endpoint(1), endpoint(2), endpoint(3)
+    wire = Wire([a, r, b])
+    wire.online = {a.address, r.address}  # b is away
+    # The sender's frame cannot reach b: the "router" at r takes custody.
+    mid = a.send(b.address, b"see you later", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r.take_custody(data.hopped(), now=0.05)
+    wire.now = 0.1
+    wire.run_until(10.0)
+    assert [e.state for e in a.outbox()] == [DeliveryState.HELD_BY_CUSTODIAN]
+    wire.online = {r.address}  # the sender goes offline too
+    wire.run_until(3600.0)
+    assert drain(b) == []
+    wire.online = {r.address, b.address}  # b is back an hour later
+    r.path_available(b.address, now=3600.0)
+    wire.run_until(3610.0)
+    received = [e for e in drain(b) if isinstance(e, MessageReceived)]
+    assert [(e.src, e.message_id, e.payload) for e in received] == [
+        (a.address, mid, b"see you later")
+    ]
+    assert r.custody() == []
+    # The sender comes back; a path to b makes it re-probe once and learn it was delivered.
+    wire.online = {a.address, r.address, b.address}
+    wire.now = 7200.0
+    a.path_available(b.address, now=7200.0)
+    wire.run_until(7210.0)
+    assert held_states(drain(a))[-1][0] is DeliveryState.DELIVERED
+    assert [e for e in drain(b) if isinstance(e, MessageReceived)] == []  # exactly once
