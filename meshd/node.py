@@ -1,0 +1,559 @@
+"""The node: the one place that wires transports, the mesh core, the store and the API.
+
+It is the asyncio adapter around the sans-IO ``MeshCore``: transports report link events
+and frames (``LinkEvents``), the node feeds the core, then in one *pump* per event-loop
+pass it drains the core's events into SQLite, commits once (group commit, fsync'd),
+wakes subscribers, writes the core's frames to links and re-arms one timer at
+``next_deadline()``. Frames go out only after the commit, so an end-to-end ACK never
+leaves before the message it acknowledges is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from meshd import __version__
+from meshd.address import NodeAddress
+from meshd.crypto.identity import Identity
+from meshd.envelope import Envelope, decode_envelope, validate_app_id
+from meshd.errors import (
+    InvalidArgument,
+    MeshdError,
+    NotFound,
+    PermissionDenied,
+    StoreError,
+    Unavailable,
+)
+from meshd.node_api import AppEvent, AppEventKind, Caller, MessageRecord, NodeStatus
+from meshd.router.core import CoreConfig, MeshCore
+from meshd.router.events import (
+    CoreEvent,
+    DeliveryStateChanged,
+    FrameRejected,
+    LinkAdviceChanged,
+    LinkId,
+    MessageReceived,
+    NeighbourDown,
+    NeighbourUp,
+    PathChanged,
+    PeerIdentityLearned,
+)
+from meshd.router.types import NeighbourInfo, OutboxEntry, RouteInfo
+from meshd.store import Store
+from meshd.store.statedir import (
+    DATABASE_FILE,
+    StateLock,
+    ensure_state_dir,
+    load_or_create_identity,
+)
+from meshd.transports.base import Link, Transport, TransportStatus
+
+MAX_LIFETIME_S = 30 * 24 * 3600.0
+MAX_HISTORY_LIMIT = 1000
+_SUBSCRIBE_BATCH = 256
+_MAINTENANCE_INTERVAL_S = 300.0
+TransportFactory = Callable[[Identity], Sequence[Transport]]
+
+
+class _TransportEvents:
+    """The ``LinkEvents`` a transport gets: the node, plus which transport is calling."""
+
+    def __init__(self, node: Node, transport: Transport) -> None:
+        self._node = node
+        self._transport = transport
+
+    def link_up(self, link: Link) -> LinkId:
+        return self._node._link_up(self._transport, link)
+
+    def frame_received(self, link_id: LinkId, frame: bytes) -> None:
+        self._node._frame_received(link_id, frame)
+
+    def link_down(self, link_id: LinkId) -> None:
+        self._node._link_down(link_id)
+
+
+class Node:
+    """One mesh node. Several may run in one process (tests): no shared state."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        transports: Sequence[Transport] = (),
+        *,
+        state_dir: Path,
+        core_config: CoreConfig | None = None,
+        battery: int | None = None,
+        logger: Any = None,
+        rng: random.Random | None = None,
+        lock: StateLock | None = None,
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.state_dir = state_dir
+        self._transports = list(transports)
+        self._core_config = core_config
+        self._battery = battery
+        self._rng = rng or random.Random()
+        self._lock = lock
+        self.log = (logger or structlog.get_logger("meshd.node")).bind(
+            node=identity.address.short
+        )
+        self._core: MeshCore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._links: dict[LinkId, tuple[Link, Transport]] = {}
+        self._next_link_id = 1
+        self._pump_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._maintenance: asyncio.TimerHandle | None = None
+        self._commit_waiters: list[asyncio.Future[None]] = []
+        self._subscribers: set[asyncio.Event] = set()
+        self._app_events_added = False  # by API calls between pumps
+        self._started_at = time.time()
+        self._running = False
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        transports: TransportFactory | None = None,
+        **kwargs: Any,
+    ) -> Node:
+        """Create/lock the state dir, load or create the identity, open the store."""
+        ensure_state_dir(state_dir)
+        lock = StateLock(state_dir)
+        lock.acquire()
+        try:
+            identity, created = load_or_create_identity(state_dir)
+            store = Store.open(state_dir / DATABASE_FILE)
+        except BaseException:
+            lock.release()
+            raise
+        node = cls(
+            identity,
+            store,
+            transports(identity) if transports else (),
+            state_dir=state_dir,
+            lock=lock,
+            **kwargs,
+        )
+        if created:
+            node.log.info("identity_created", address=identity.address.text)
+        return node
+
+    # --- lifecycle ----------------------------------------------------------------
+    @property
+    def core(self) -> MeshCore:
+        if self._core is None:
+            raise Unavailable("the node is not started")
+        return self._core
+
+    async def start(self) -> None:
+        """Restore the outbox into a fresh core, then start every transport."""
+        self._loop = asyncio.get_running_loop()
+        now = self._now()
+        self._core = MeshCore(self.identity, now=now, rng=self._rng, config=self._core_config)
+        self._restore_outbox(now)
+        if self._battery is not None:
+            self._core.set_battery(self._battery, charging=False, now=now)
+        pruned = self.store.prune_events(now=time.time())
+        self.store.commit()
+        self._running = True
+        self._started_at = time.time()
+        for transport in self._transports:
+            try:
+                await transport.start(_TransportEvents(self, transport))
+            except Exception as exc:  # one broken transport must not stop the node
+                self.log.error("transport_start_failed", transport=transport.name, error=str(exc))
+        self._maintenance = self._loop.call_later(_MAINTENANCE_INTERVAL_S, self._maintain)
+        self._schedule_pump()
+        self.log.info(
+            "node_started",
+            address=self.address.text,
+            outbox=self.store.outbox_count(),
+            events_pruned=pruned,
+        )
+
+    async def stop(self) -> None:
+        """Stop transports (links go down), flush the core's last events, close the store."""
+        if self._closed:
+            return
+        self._running = False
+        for transport in self._transports:
+            try:
+                await transport.stop()
+            except Exception as exc:
+                self.log.error("transport_stop_failed", transport=transport.name, error=str(exc))
+        for handle in (self._pump_handle, self._timer, self._maintenance):
+            if handle is not None:
+                handle.cancel()
+        if self._core is not None:
+            self._pump()
+            self._snapshot_attempts()
+        self._closed = True
+        self._wake_subscribers()
+        try:
+            self.store.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        self.log.info("node_stopped")
+
+    def _restore_outbox(self, now: float) -> None:
+        rows, bad = self.store.outbox()
+        for line in bad:  # left in the database for the operator; never deleted
+            self.log.error("outbox_row_unreadable", detail=line)
+        offset = now - time.time()  # unix -> this loop's monotonic clock
+        entries = [
+            OutboxEntry(
+                message_id=r.message_id,
+                dst=r.dst,
+                payload=r.payload,
+                created_at=r.created_at + offset,
+                expires_at=r.expires_at + offset,
+                state=r.state,
+                attempts=r.attempts,
+            )
+            for r in rows
+        ]
+        if entries:
+            self.core.restore(entries, now=now)
+            self.log.info("outbox_restored", messages=len(entries))
+
+    def _maintain(self) -> None:
+        assert self._loop is not None
+        self._maintenance = self._loop.call_later(_MAINTENANCE_INTERVAL_S, self._maintain)
+        try:
+            self._snapshot_attempts()
+            pruned = self.store.prune_events(now=time.time())
+        except StoreError as exc:
+            self.log.error("store_maintenance_failed", error=str(exc))
+            return
+        if pruned:
+            self.log.info("events_pruned", count=pruned)
+        self._schedule_pump()
+
+    def _snapshot_attempts(self) -> None:
+        self.store.set_attempts([(e.message_id, e.attempts) for e in self.core.outbox()])
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # --- LinkEvents (via _TransportEvents) ----------------------------------------
+    def _link_up(self, transport: Transport, link: Link) -> LinkId:
+        link_id = self._next_link_id
+        self._next_link_id += 1
+        self._links[link_id] = (link, transport)
+        peer = link.peer
+        self.core.link_up(link_id, peer, link.info, now=self._now())
+        try:
+            self.store.upsert_peer(peer, now=time.time(), endpoint=link.description)
+        except StoreError as exc:
+            self.log.error("store_write_failed", what="peer", error=str(exc))
+        self.log.info(
+            "link_up", link=link_id, peer=peer.address.short, endpoint=link.description
+        )
+        self._schedule_pump()
+        return link_id
+
+    def _frame_received(self, link_id: LinkId, frame: bytes) -> None:
+        if link_id not in self._links or self._core is None:
+            return
+        self._core.receive(link_id, frame, now=self._now())
+        self._schedule_pump()
+
+    def _link_down(self, link_id: LinkId) -> None:
+        entry = self._links.pop(link_id, None)
+        if entry is None or self._core is None:
+            return
+        self._core.link_down(link_id, now=self._now())
+        self.log.info("link_down", link=link_id, peer=entry[0].peer.address.short)
+        self._schedule_pump()
+
+    # --- the pump -----------------------------------------------------------------
+    def _schedule_pump(self) -> None:
+        if self._pump_handle is None and self._loop is not None and not self._closed:
+            self._pump_handle = self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Drain events -> store, commit once, wake subscribers, send frames, re-arm."""
+        self._pump_handle = None
+        core = self.core
+        wall = time.time()
+        new_events, self._app_events_added = self._app_events_added, False
+        while (event := core.next_event()) is not None:
+            try:
+                new_events |= self._handle_event(event, wall)
+            except StoreError as exc:
+                self.log.error("store_write_failed", event=type(event).__name__, error=str(exc))
+        waiters, self._commit_waiters = self._commit_waiters, []
+        try:
+            self.store.commit()
+        except StoreError as exc:
+            # Nothing reached disk: hold the frames back (an ACK must not outrun its
+            # message); hop-by-hop retransmission resends them.
+            self.log.error("store_commit_failed", error=str(exc))
+            core.frames_to_send()
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            self._arm_timer()
+            return
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+        if new_events:
+            self._wake_subscribers()
+        for link_id, data in core.frames_to_send():
+            entry = self._links.get(link_id)
+            if entry is not None:
+                entry[0].send(data)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_deadline and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None and self._loop is not None and not self._closed:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        self.core.handle_timer(now=self._now())
+        self._pump()
+
+    def _handle_event(self, event: CoreEvent, wall: float) -> bool:
+        """Persist one core event; True when it added to the app event log."""
+        store = self.store
+        if isinstance(event, MessageReceived):
+            return self._message_received(event, wall)
+        if isinstance(event, DeliveryStateChanged):
+            cursor = store.set_outgoing_state(
+                event.message_id, event.state, event.reason, at=wall
+            )
+            self.log.debug(
+                "delivery_state",
+                message_id=event.message_id.hex(),
+                peer=event.dst.short,
+                state=event.state.value,
+                reason=event.reason,
+            )
+            return cursor is not None
+        if isinstance(event, NeighbourUp | NeighbourDown):
+            up = isinstance(event, NeighbourUp)
+            kind = AppEventKind.NEIGHBOUR_UP if up else AppEventKind.NEIGHBOUR_DOWN
+            entry = self._links.get(event.link_id)
+            detail = entry[0].description if entry else ""
+            store.append_event(None, kind, wall, peer=event.peer, detail=detail)
+            self.log.info("neighbour_up" if up else "neighbour_down", peer=event.peer.short)
+            return True
+        if isinstance(event, PathChanged):
+            if event.next_hop is None:
+                store.delete_path(event.dst)
+                detail = "lost"
+            else:
+                store.set_path(event.dst, event.next_hop, event.hops, event.cost, now=wall)
+                detail = f"via {event.next_hop.text} hops={event.hops} cost={event.cost:.3g}"
+            store.append_event(None, AppEventKind.PATH_CHANGED, wall, peer=event.dst, detail=detail)
+            self.log.debug("path_changed", peer=event.dst.short, detail=detail)
+            return True
+        if isinstance(event, PeerIdentityLearned):
+            store.upsert_peer(event.identity, now=wall)
+            return False
+        if isinstance(event, LinkAdviceChanged):
+            entry = self._links.get(event.link_id)
+            if entry is not None:
+                entry[1].advise(event.link_id, event.keep)
+            return False
+        if isinstance(event, FrameRejected):
+            entry = self._links.get(event.link_id)
+            self.log.warning(
+                "frame_rejected",
+                link=event.link_id,
+                peer=entry[0].peer.address.short if entry else None,
+                reason=event.reason,
+            )
+        return False
+
+    def _message_received(self, event: MessageReceived, wall: float) -> bool:
+        try:
+            env = decode_envelope(event.payload)
+        except MeshdError as exc:
+            # The core has acknowledged it; there is no app to give it to. Say so loudly.
+            self.log.warning(
+                "message_unreadable",
+                peer=event.src.short,
+                message_id=event.message_id.hex(),
+                error=str(exc),
+            )
+            return False
+        record = self.store.add_incoming(
+            message_id=event.message_id,
+            app_id=env.app_id,
+            src=event.src,
+            content=env.content,
+            received_at=wall,
+            hops=event.hops,
+        )
+        self.log.debug(
+            "message_received" if record else "message_duplicate",
+            peer=event.src.short,
+            message_id=event.message_id.hex(),
+            app=env.app_id,
+            hops=event.hops,
+        )
+        return record is not None
+
+    async def _durable(self) -> None:
+        """Wait until every write so far is committed (the next pump)."""
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._commit_waiters.append(fut)
+        self._schedule_pump()
+        await fut
+
+    def _wake_subscribers(self) -> None:
+        for ev in self._subscribers:
+            ev.set()
+
+    # --- NodeApi --------------------------------------------------------------------
+    @property
+    def address(self) -> NodeAddress:
+        return self.identity.address
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(
+            address=self.address,
+            version=__version__,
+            started_at=self._started_at,
+            uptime_s=max(0.0, time.time() - self._started_at),
+            neighbours=len(self.core.neighbours()),
+            routes=len(self.core.routes()),
+            outbox=self.store.outbox_count(),
+            state_dir=str(self.state_dir),
+        )
+
+    def neighbours(self) -> list[NeighbourInfo]:
+        return self.core.neighbours()
+
+    def routes(self) -> list[RouteInfo]:
+        return self.core.routes()
+
+    def transports(self) -> list[TransportStatus]:
+        return [t.status() for t in self._transports]
+
+    def _authorize(self, caller: Caller) -> str:
+        """The caller's app id, claimed for its uid on first use."""
+        app_id = validate_app_id(caller.app_id)
+        owner = self.store.app_owner(app_id)
+        if owner is None:
+            self.store.claim_app(app_id, caller.uid, time.time())
+            self._schedule_pump()
+        elif owner != caller.uid and not caller.is_admin:
+            raise PermissionDenied(
+                f"app id {app_id!r} belongs to uid {owner}, not {caller.uid}", field="app_id"
+            )
+        return app_id
+
+    async def send_message(
+        self, caller: Caller, dst: NodeAddress, payload: bytes, *, lifetime_s: float | None
+    ) -> MessageRecord:
+        if not self._running:
+            raise Unavailable("the node is shutting down")
+        app_id = self._authorize(caller)
+        if dst.is_broadcast:
+            raise InvalidArgument("cannot send to the broadcast address", field="dst")
+        if dst == self.address:
+            raise InvalidArgument("cannot send to this node's own address", field="dst")
+        if lifetime_s is not None and not 0 < lifetime_s <= MAX_LIFETIME_S:
+            raise InvalidArgument(
+                f"lifetime must be in (0, {MAX_LIFETIME_S:.0f}] seconds", field="lifetime"
+            )
+        envelope = Envelope(app_id, bytes(payload)).encode()
+        message_id = os.urandom(8)
+        # core.send first: if it refuses (full outbox, too large) nothing is stored. Its
+        # frames only leave in the pump, after the commit below.
+        self.core.send(dst, envelope, now=self._now(), lifetime=lifetime_s, message_id=message_id)
+        created = time.time()
+        lifetime = lifetime_s if lifetime_s is not None else self._default_lifetime()
+        record = self.store.add_outgoing(
+            message_id=message_id,
+            app_id=app_id,
+            dst=dst,
+            envelope=envelope,
+            content=bytes(payload),
+            created_at=created,
+            expires_at=created + lifetime,
+        )
+        self._app_events_added = True
+        await self._durable()
+        self.log.debug("message_queued", message_id=message_id.hex(), peer=dst.short, app=app_id)
+        return record
+
+    def _default_lifetime(self) -> float:
+        return (self._core_config or CoreConfig()).message_lifetime
+
+    def get_message(self, caller: Caller, message_id: bytes) -> MessageRecord:
+        app_id = self._authorize(caller)
+        record = self.store.get_message(app_id, message_id)
+        if record is None:  # another app's message is "not found" too: no leak
+            raise NotFound(f"no message {message_id.hex()}", field="message_id")
+        return record
+
+    def history(
+        self,
+        caller: Caller,
+        *,
+        peer: NodeAddress | None,
+        limit: int,
+        before_cursor: int | None,
+    ) -> list[MessageRecord]:
+        app_id = self._authorize(caller)
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise InvalidArgument(f"limit must be 1..{MAX_HISTORY_LIMIT}", field="limit")
+        if before_cursor is not None and before_cursor < 0:
+            raise InvalidArgument("before_cursor must be >= 0", field="before_cursor")
+        return self.store.history(app_id, peer=peer, limit=limit, before_cursor=before_cursor)
+
+    async def subscribe(
+        self, caller: Caller, *, after_cursor: int | None
+    ) -> AsyncIterator[AppEvent]:
+        """Stored events after ``after_cursor`` (every retained one when None), then live
+        ones; only the caller's app's messages plus node-wide neighbour/path events.
+        Reads from the store at the subscriber's pace: a slow app costs no memory."""
+        app_id = self._authorize(caller)
+        if after_cursor is not None and after_cursor < 0:
+            raise InvalidArgument("after_cursor must be >= 0", field="after_cursor")
+        cursor = after_cursor or 0
+        wake = asyncio.Event()
+        self._subscribers.add(wake)
+        try:
+            while not self._closed:
+                batch = self.store.events_after(app_id, cursor, limit=_SUBSCRIBE_BATCH)
+                if not batch:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                for event in batch:
+                    cursor = event.cursor
+                    yield event
+                    if self._closed:
+                        return
+        finally:
+            self._subscribers.discard(wake)

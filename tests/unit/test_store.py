@@ -1,0 +1,274 @@
+"""The SQLite store: outbox, history, event log, retention, peers/paths/custody, errors."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshd.address import NodeAddress
+from meshd.crypto.identity import Identity
+from meshd.errors import FailedPrecondition, StoreError
+from meshd.node_api import AppEventKind, Direction, MessageRecord
+from meshd.router.events import DeliveryState
+from meshd.store import Store, StoredCustody
+from meshd.store.schema import SCHEMA_VERSION
+from meshd.store.statedir import StateLock, ensure_state_dir, load_or_create_identity
+
+A = NodeAddress(b"\x01" * 16)
+B = NodeAddress(b"\x02" * 16)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "meshd.db")
+    yield s
+    s.close()
+
+
+def _send(
+    store: Store, mid: bytes, app: str = "chat", dst: NodeAddress = A, at: float = 1.0
+) -> MessageRecord:
+    return store.add_outgoing(
+        message_id=mid,
+        app_id=app,
+        dst=dst,
+        envelope=b"\x01env" + mid,
+        content=b"hello " + mid,
+        created_at=at,
+        expires_at=at + 100,
+    )
+
+
+def test_wal_and_schema(store: Store, tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "meshd.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+def test_outgoing_lifecycle(store: Store) -> None:
+    rec = _send(store, b"m" * 8)
+    store.commit()
+    assert rec.state is DeliveryState.QUEUED and rec.cursor is not None
+    rows, bad = store.outbox()
+    assert bad == [] and [r.message_id for r in rows] == [b"m" * 8]
+    assert rows[0].payload == b"\x01env" + b"m" * 8 and rows[0].dst == A
+    c1 = store.set_outgoing_state(b"m" * 8, DeliveryState.SENT, None, at=2.0)
+    c2 = store.set_outgoing_state(b"m" * 8, DeliveryState.DELIVERED, None, at=3.0)
+    assert c1 is not None and c2 is not None and rec.cursor < c1 < c2
+    assert store.outbox_count() == 0  # final state leaves the outbox
+    got = store.get_message("chat", b"m" * 8)
+    assert got is not None and got.state is DeliveryState.DELIVERED
+    assert got.payload == b"hello " + b"m" * 8 and got.direction is Direction.OUTGOING
+    assert store.set_outgoing_state(b"x" * 8, DeliveryState.SENT, None, at=4.0) is None
+
+
+def test_events_carry_state_as_of_the_event(store: Store) -> None:
+    _send(store, b"a" * 8)
+    store.set_outgoing_state(b"a" * 8, DeliveryState.SENT, None, at=2.0)
+    store.set_outgoing_state(b"a" * 8, DeliveryState.FAILED, "expired", at=3.0)
+    events = store.events_after("chat", 0, limit=10)
+    assert [e.kind for e in events] == [AppEventKind.DELIVERY_STATE] * 3
+    assert [e.message.state for e in events if e.message] == [
+        DeliveryState.QUEUED,
+        DeliveryState.SENT,
+        DeliveryState.FAILED,
+    ]
+    assert events[2].message is not None and events[2].message.reason == "expired"
+
+
+def test_incoming_dedup_and_app_filter(store: Store) -> None:
+    r1 = store.add_incoming(
+        message_id=b"i" * 8, app_id="chat", src=B, content=b"yo", received_at=5.0, hops=2
+    )
+    dup = store.add_incoming(
+        message_id=b"i" * 8, app_id="chat", src=B, content=b"yo", received_at=6.0, hops=2
+    )
+    other = store.add_incoming(
+        message_id=b"j" * 8, app_id="files", src=B, content=b"f", received_at=6.0, hops=1
+    )
+    store.append_event(None, AppEventKind.NEIGHBOUR_UP, 7.0, peer=B, detail="tcp")
+    assert r1 is not None and dup is None and other is not None
+    chat = store.events_after("chat", 0, limit=100)
+    assert [e.kind for e in chat] == [AppEventKind.MESSAGE_RECEIVED, AppEventKind.NEIGHBOUR_UP]
+    assert chat[0].message is not None and chat[0].message.payload == b"yo"
+    assert chat[0].message.hops == 2 and chat[0].message.peer == B
+    files = store.events_after("files", 0, limit=100)
+    assert [e.message.app_id for e in files if e.message] == ["files"]
+    assert store.get_message("files", b"i" * 8) is None  # another app's message
+
+
+def test_cursor_resume_and_history_paging(store: Store) -> None:
+    for i in range(10):
+        _send(store, bytes([i]) * 8, dst=A if i % 2 else B, at=float(i))
+    store.commit()
+    events = store.events_after("chat", 0, limit=4)
+    assert len(events) == 4
+    rest = store.events_after("chat", events[-1].cursor, limit=100)
+    assert len(rest) == 6 and rest[0].cursor > events[-1].cursor
+    page1 = store.history("chat", peer=None, limit=4, before_cursor=None)
+    assert [r.message_id[0] for r in page1] == [9, 8, 7, 6]
+    assert page1[-1].cursor is not None
+    page2 = store.history("chat", peer=None, limit=4, before_cursor=page1[-1].cursor)
+    assert [r.message_id[0] for r in page2] == [5, 4, 3, 2]
+    to_a = store.history("chat", peer=A, limit=100, before_cursor=None)
+    assert [r.message_id[0] for r in to_a] == [9, 7, 5, 3, 1]
+    assert store.history("other", peer=None, limit=100, before_cursor=None) == []
+
+
+def test_retention_keeps_cursor_increasing(store: Store) -> None:
+    now = time.time()
+    for i in range(50):
+        store.append_event(None, AppEventKind.PATH_CHANGED, now - 1000 + i, peer=A)
+    assert store.prune_events(now=now, keep=20) == 30
+    assert store.prune_events(now=now, keep=100, max_age=965) == 5
+    left = store.events_after("x", 0, limit=100)
+    assert len(left) == 15
+    new = store.append_event(None, AppEventKind.PATH_CHANGED, now, peer=A)
+    assert new == 51  # AUTOINCREMENT: never reuses a pruned cursor
+
+
+def test_commit_is_durable_across_reopen(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "db")
+    _send(s, b"d" * 8)
+    s.commit()
+    s._conn.close()  # no clean close: like a crash right after the commit
+    s2 = Store.open(tmp_path / "db")
+    rows, _ = s2.outbox()
+    assert [r.message_id for r in rows] == [b"d" * 8]
+    s2.close()
+
+
+def test_uncommitted_write_is_not_visible_after_crash(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "db")
+    _send(s, b"u" * 8)
+    s._conn.close()  # without commit
+    s2 = Store.open(tmp_path / "db")
+    assert s2.outbox_count() == 0
+    s2.close()
+
+
+def test_apps_ownership(store: Store) -> None:
+    assert store.app_owner("chat") is None
+    store.claim_app("chat", 1000, 1.0)
+    store.claim_app("chat", 1001, 2.0)  # first claim wins
+    assert store.app_owner("chat") == 1000
+
+
+def test_peers_paths_custody(store: Store) -> None:
+    ident = Identity.from_seed(bytes(range(64))).public
+    store.upsert_peer(ident, now=1.0, endpoint="tcp 1.2.3.4:4717")
+    store.upsert_peer(ident, now=5.0)
+    (peer,) = store.peers()
+    assert peer.address == ident.address and peer.first_seen == 1.0 and peer.last_seen == 5.0
+    assert peer.endpoint == "tcp 1.2.3.4:4717"
+    store.set_path(A, B, 2, 1.5, now=1.0)
+    store.set_path(A, B, 3, 2.5, now=2.0)
+    assert [(p.dst, p.hops) for p in store.paths()] == [(A, 3)]
+    store.delete_path(A)
+    assert store.paths() == []
+    store.put_custody(StoredCustody(b"f" * 8, A, b"frame", 1.0, 9.0))
+    assert [c.frame for c in store.custody()] == [b"frame"]
+    store.delete_custody(b"f" * 8)
+    assert store.custody() == []
+
+
+def test_bad_outbox_row_is_reported_and_kept(store: Store) -> None:
+    _send(store, b"g" * 8)
+    store._write(
+        "INSERT INTO outbox VALUES (?, 'chat', ?, x'00', 1, 2, 'bogus', 0)", (b"b" * 8, A.raw)
+    )
+    store.commit()
+    rows, bad = store.outbox()
+    assert [r.message_id for r in rows] == [b"g" * 8]
+    assert len(bad) == 1 and "6262626262626262" in bad[0] and "bogus" in bad[0]
+    assert store.outbox_count() == 2  # nothing deleted
+
+
+def test_bad_history_row_raises_clear_error(store: Store) -> None:
+    _send(store, b"h" * 8)
+    store._write("UPDATE history SET peer = x'00'")
+    with pytest.raises(StoreError, match="history row id=1"):
+        store.history("chat", peer=None, limit=10, before_cursor=None)
+    with pytest.raises(StoreError, match="event cursor=1"):
+        store.events_after("chat", 0, limit=10)
+
+
+def test_garbage_file_is_a_clear_error_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "meshd.db"
+    junk = b"this is not a database" * 100
+    path.write_bytes(junk)
+    with pytest.raises(StoreError, match=r"unreadable.*left untouched"):
+        Store.open(path)
+    assert path.read_bytes() == junk
+
+
+def test_corrupted_page_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "meshd.db"
+    s = Store.open(path)
+    for i in range(300):
+        _send(s, i.to_bytes(8, "big"))
+    s.commit()
+    s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    s.close()
+    data = bytearray(path.read_bytes())
+    for off in range(4096 * 2, min(len(data), 4096 * 6)):
+        data[off] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError):
+        Store.open(path)
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    path = tmp_path / "meshd.db"
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this meshd"):
+        Store.open(path)
+
+
+def test_identity_created_once_0600(tmp_path: Path) -> None:
+    d = ensure_state_dir(tmp_path / "state")
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    ident, created = load_or_create_identity(d)
+    again, created2 = load_or_create_identity(d)
+    assert created and not created2 and again.address == ident.address
+    assert stat.S_IMODE(os.stat(d / "identity.key").st_mode) == 0o600
+    (d / "identity.key").write_bytes(b"garbage")
+    with pytest.raises(StoreError, match="corrupted"):
+        load_or_create_identity(d)
+    assert (d / "identity.key").read_bytes() == b"garbage"
+
+
+def test_state_lock_excludes_a_second_daemon(tmp_path: Path) -> None:
+    first, second = StateLock(tmp_path), StateLock(tmp_path)
+    first.acquire()
+    with pytest.raises(FailedPrecondition, match="another meshd"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+
+
+def test_call_cost_is_under_a_millisecond(store: Store) -> None:
+    """The store runs on the event loop: each call must stay well under 1 ms."""
+    n = 300
+    t0 = time.perf_counter()
+    for i in range(n):
+        _send(store, i.to_bytes(8, "big"))
+        store.commit()
+    per_send = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for i in range(n):
+        store.events_after("chat", i, limit=16)
+    per_read = (time.perf_counter() - t0) / n
+    assert per_send < 0.002, per_send  # a fsync'd commit included; measured ~0.3 ms
+    assert per_read < 0.001, per_read
