@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TextIO
@@ -123,8 +124,21 @@ async def run(args: argparse.Namespace, path: str, out: TextIO) -> int:
             raise commands.CommandFailed(exc.details() or exc.code().name.lower()) from None
 
 
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
+def _probe(path: str) -> None:
+    """Fail fast with a clear line when nobody listens (grpc would retry for seconds)."""
+    if not os.path.exists(path):
+        raise _not_running(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except PermissionError:
+        raise commands.CommandFailed(
+            f"permission denied on {path}: are you in the meshd group?"
+        ) from None
+    except OSError:
+        raise _not_running(path) from None
+    finally:
+        probe.close()
 
 
 async def amain(
@@ -135,8 +149,7 @@ async def amain(
     stdout, stderr = out or sys.stdout, err or sys.stderr
     path = socket_path(args)
     try:
-        if not _exists(path):
-            raise _not_running(path)
+        _probe(path)
         return await run(args, path, stdout)
     except commands.CommandFailed as exc:
         print(f"meshctl: {exc}", file=stderr, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -51,9 +52,10 @@ _TRANSPORT_STATES: dict[TransportState, npb.TransportState.ValueType] = {
 
 
 def timestamp(unix: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(round(unix * 1e9))
-    return ts
+    # Split before scaling: unix * 1e9 as a float is only exact to ~256 ns today.
+    seconds = math.floor(unix)
+    nanos = min(round((unix - seconds) * 1e9), 999_999_999)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 # --- requests -----------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""Request validation and dataclass -> protobuf conversion of the API layer."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from meshd.address import NodeAddress
+from meshd.api import convert
+from meshd.api.caller import DEFAULT_APP_ID, app_id_from_metadata, validate_app_id
+from meshd.api.v1 import messaging_pb2 as mpb
+from meshd.errors import AddressError, InvalidArgument
+from meshd.node_api import AppEvent, AppEventKind, Direction, MessageRecord
+from meshd.router.events import DeliveryState
+
+A = NodeAddress(bytes(range(16)))
+B = NodeAddress(bytes(range(16, 32)))
+
+
+def _record(**kw: object) -> MessageRecord:
+    base: dict[str, object] = dict(
+        message_id=b"\x01\x02" * 8, app_id="chat", direction=Direction.OUTGOING, peer=B,
+        payload=b"hi", created_at=1_700_000_000.25, state=DeliveryState.QUEUED, reason=None,
+        hops=None, cursor=7,
+    )  # fmt: skip
+    base.update(kw)
+    return MessageRecord(**base)  # type: ignore[arg-type]
+
+
+def test_bad_address_names_the_field() -> None:
+    typo = A.text[:-1] + ("a" if A.text[-1] != "a" else "b")
+    with pytest.raises(AddressError) as info:
+        convert.parse_address(typo, field="dst")
+    assert str(info.value).startswith("dst: checksum mismatch")
+    with pytest.raises(InvalidArgument, match=r"^dst: required"):
+        convert.parse_address("", field="dst")
+    assert convert.parse_address(A.text.upper(), field="dst") == A
+
+
+@pytest.mark.parametrize("text", ["xyz", "abc", "0" * 130, " "])
+def test_bad_message_id(text: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        convert.parse_message_id(text)
+    assert info.value.field == "message_id"
+
+
+def test_message_id_roundtrip() -> None:
+    assert convert.parse_message_id("0102ff") == b"\x01\x02\xff"
+
+
+def test_history_limit() -> None:
+    assert convert.history_limit(0) == convert.DEFAULT_HISTORY_LIMIT
+    assert convert.history_limit(1000) == 1000
+    with pytest.raises(InvalidArgument, match=r"^limit: at most 1000"):
+        convert.history_limit(1001)
+
+
+def test_lifetime() -> None:
+    assert convert.lifetime_seconds(mpb.SendMessageRequest()) is None
+    req = mpb.SendMessageRequest(lifetime=Duration(seconds=90, nanos=500_000_000))
+    assert convert.lifetime_seconds(req) == 90.5
+    with pytest.raises(InvalidArgument, match=r"^lifetime: must be positive"):
+        convert.lifetime_seconds(mpb.SendMessageRequest(lifetime=Duration(seconds=0)))
+
+
+@pytest.mark.parametrize("good", ["default", "chat", "org.example.app-2_x", "a" * 64])
+def test_valid_app_ids(good: str) -> None:
+    assert validate_app_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "Chat", "a b", "a/b", "a" * 65, "ü"])
+def test_invalid_app_ids(bad: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_app_id(bad)
+    assert info.value.field == "meshd-app"
+
+
+def test_app_id_from_metadata() -> None:
+    assert app_id_from_metadata(()) == DEFAULT_APP_ID
+    assert app_id_from_metadata(None) == DEFAULT_APP_ID
+    assert app_id_from_metadata((("other", "x"), ("meshd-app", "chat"))) == "chat"
+    with pytest.raises(InvalidArgument, match="more than once"):
+        app_id_from_metadata((("meshd-app", "a"), ("meshd-app", "b")))
+
+
+def test_message_conversion() -> None:
+    m = convert.message(_record())
+    assert m.message_id == "0102" * 8
+    assert m.direction == mpb.DIRECTION_OUTGOING and m.peer == B.text
+    assert m.state == mpb.DELIVERY_STATE_QUEUED and not m.HasField("hops")
+    assert m.created_at.seconds == 1_700_000_000 and m.created_at.nanos == 250_000_000
+    assert m.cursor == 7 and m.app_id == "chat"
+    incoming = convert.message(
+        _record(direction=Direction.INCOMING, peer=A, state=None, hops=3, cursor=None)
+    )
+    assert incoming.direction == mpb.DIRECTION_INCOMING
+    assert incoming.hops == 3 and incoming.state == mpb.DELIVERY_STATE_UNSPECIFIED
+    assert incoming.cursor == 0
+
+
+def test_every_delivery_state_has_a_wire_value() -> None:
+    values = {convert.delivery_state(s) for s in DeliveryState}
+    assert len(values) == len(DeliveryState)
+    assert mpb.DELIVERY_STATE_UNSPECIFIED not in values
+
+
+def test_event_conversion_covers_every_kind() -> None:
+    delivered = _record(state=DeliveryState.FAILED, reason="lifetime over")
+    cases = {
+        AppEventKind.MESSAGE_RECEIVED: AppEvent(
+            1, AppEventKind.MESSAGE_RECEIVED, 10.0, message=_record(direction=Direction.INCOMING)
+        ),
+        AppEventKind.DELIVERY_STATE: AppEvent(2, AppEventKind.DELIVERY_STATE, 11.0, delivered),
+        AppEventKind.NEIGHBOUR_UP: AppEvent(3, AppEventKind.NEIGHBOUR_UP, 12.0, peer=A),
+        AppEventKind.NEIGHBOUR_DOWN: AppEvent(4, AppEventKind.NEIGHBOUR_DOWN, 13.0, peer=A),
+        AppEventKind.PATH_CHANGED: AppEvent(
+            5, AppEventKind.PATH_CHANGED, 14.0, peer=B, detail="via x"
+        ),
+    }
+    assert set(cases) == set(AppEventKind)
+    out = {kind: convert.event(ev) for kind, ev in cases.items()}
+    assert [e.WhichOneof("kind") for e in out.values()] == [
+        "message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed"
+    ]  # fmt: skip
+    assert out[AppEventKind.MESSAGE_RECEIVED].message_received.message.payload == b"hi"
+    d = out[AppEventKind.DELIVERY_STATE].delivery_state
+    assert (d.message_id, d.dst, d.state, d.reason) == (
+        "0102" * 8, B.text, mpb.DELIVERY_STATE_FAILED, "lifetime over"
+    )  # fmt: skip
+    assert out[AppEventKind.NEIGHBOUR_DOWN].neighbour_down.peer == A.text
+    assert out[AppEventKind.PATH_CHANGED].path_changed.detail == "via x"
+    assert [e.cursor for e in out.values()] == [1, 2, 3, 4, 5]
+    assert out[AppEventKind.PATH_CHANGED].at.seconds == 14
