@@ -19,37 +19,27 @@ not when they are missing.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
-import json
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, MeshdError
+from meshd.errors import DeadlineExceeded, InvalidArgument
+from meshd.testing.daemon_proc import LabError, MeshdProcess, set_pdeathsig
 
 NS_PREFIX = "mlab"
 _NS_RE = re.compile(rf"^{NS_PREFIX}-(\d+)-[0-9a-f]{{6}}-")
 _NODE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _NFT_TABLE = "meshlab"
-_PR_SET_PDEATHSIG = 1
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class LabError(MeshdError):
-    """A lab command failed; the message carries the command and its stderr."""
 
 
 def unavailable_reason() -> str | None:
@@ -131,74 +121,6 @@ def reap_stale() -> list[str]:
     return reaped
 
 
-def _set_pdeathsig() -> None:
-    # Runs in the child between fork and exec: the daemon is SIGKILLed if the test
-    # process dies, so that even a kill -9 of pytest leaves no daemon behind.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-class _NotifyListener:
-    """The sd_notify datagram socket of one daemon; a thread drains it (a full socket
-    buffer would block a daemon that notifies with a blocking send)."""
-
-    def __init__(self, path: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        self.path = path
-        self.messages: list[str] = []
-        self._ready = threading.Event()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.1)
-        self._stop = False
-        self._thread = threading.Thread(target=self._drain, name=f"notify:{path}", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._stop:
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            text = data.decode("utf-8", "replace")
-            self.messages.append(text)
-            if "READY=1" in text.splitlines():
-                self._ready.set()
-
-    def wait_ready(self, timeout: float) -> bool:
-        return self._ready.wait(timeout)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(timeout=1.0)
-        self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
-@dataclass
-class Daemon:
-    """One node's meshd: its files survive restarts (same identity and store)."""
-
-    node: str
-    state_dir: Path
-    socket_path: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    notify: _NotifyListener | None = None
-    ready_s: float | None = None  # start → READY=1 of the latest start
-    started_at: float = 0.0  # time.monotonic() of the latest start
-    starts: int = 0
-    extra_args: list[str] = field(default_factory=list)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
 @dataclass(frozen=True, slots=True)
 class _Link:
     a: str
@@ -214,7 +136,7 @@ class NetnsLab:
         self.tag = f"{NS_PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
         self.nodes: list[str] = []
         self.links: list[_Link] = []
-        self.daemons: dict[str, Daemon] = {}
+        self.daemons: dict[str, MeshdProcess] = {}
         self._loss: dict[tuple[str, str], int] = {}  # (node, peer) → % dropped on ingress
         self._made: list[str] = []
         self._helpers: list[subprocess.Popen[str]] = []
@@ -352,7 +274,7 @@ class NetnsLab:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(node), *argv],
             text=True,
-            preexec_fn=_set_pdeathsig,
+            preexec_fn=set_pdeathsig,
             **kwargs,
         )
         self._helpers.append(proc)
@@ -406,69 +328,23 @@ class NetnsLab:
 
     # ---------------------------------------------------------------- daemons
 
-    def daemon(self, node: str) -> Daemon:
+    def daemon(self, node: str) -> MeshdProcess:
+        """``node``'s meshd (made on first use; the same object across restarts)."""
         if node not in self.nodes:
             raise InvalidArgument(f"unknown node {node!r}", field="node")
         if node not in self.daemons:
-            home = self.workdir / node
-            home.mkdir(parents=True, exist_ok=True)
-            self.daemons[node] = Daemon(
-                node=node,
-                state_dir=home / "state",
-                socket_path=self.rundir / f"{node}.sock",
-                log_path=home / "meshd.log",
+            self.daemons[node] = MeshdProcess(
+                node, self.workdir / node, self.rundir, netns=self.ns(node)
             )
         return self.daemons[node]
 
-    def _env(self, home: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHD_", "NOTIFY_"))}
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = f"{_REPO_ROOT}{os.pathsep}{path}" if path else str(_REPO_ROOT)
-        env["PYTHONUNBUFFERED"] = "1"
-        env["XDG_DATA_HOME"] = str(home / "xdg-data")
-        env["XDG_RUNTIME_DIR"] = str(home / "xdg-run")
-        env["XDG_CONFIG_HOME"] = str(home / "xdg-config")
-        return env
-
     def start(
         self, node: str, *extra_args: str, wait_ready: bool = True, timeout: float = 15.0
-    ) -> Daemon:
-        """Start ``meshd`` in ``node``'s namespace with no peer list (it must discover
-        its neighbours); waits for sd_notify READY=1 unless ``wait_ready`` is False."""
+    ) -> MeshdProcess:
+        """Start meshd in ``node``'s namespace with NO peer list: it must discover its
+        neighbours itself. Waits for sd_notify READY=1 unless ``wait_ready`` is False."""
         d = self.daemon(node)
-        if d.running:
-            raise FailedPrecondition(f"meshd on {node} is already running", field="node")
-        self._reap(d)
-        home = d.log_path.parent
-        d.extra_args = list(extra_args)
-        d.notify = _NotifyListener(self.rundir / f"{node}.notify")
-        env = self._env(home)
-        env["NOTIFY_SOCKET"] = str(d.notify.path)
-        argv = [
-            sys.executable, "-m", "meshd",
-            "--state-dir", str(d.state_dir),
-            "--socket", str(d.socket_path),
-            "--log-format", "json",
-            *extra_args,
-        ]  # fmt: skip
-        with d.log_path.open("ab") as log:
-            log.write(f"=== start {d.starts + 1}: {' '.join(argv)}\n".encode())
-            log.flush()
-            d.started_at = time.monotonic()
-            d.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(node), *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=home,
-                start_new_session=True,
-                preexec_fn=_set_pdeathsig,
-            )
-        d.starts += 1
-        d.ready_s = None
-        if wait_ready:
-            self.wait_ready(node, timeout=timeout)
+        d.start(*extra_args, wait_ready=wait_ready, timeout=timeout)
         return d
 
     def start_all(self, *extra_args: str, timeout: float = 20.0) -> None:
@@ -476,136 +352,30 @@ class NetnsLab:
         for node in self.nodes:
             self.start(node, *extra_args, wait_ready=False)
         for node in self.nodes:
-            self.wait_ready(node, timeout=timeout)
-
-    def wait_ready(self, node: str, *, timeout: float = 15.0) -> float:
-        """Wait for READY=1; returns (and records) seconds from start to READY."""
-        d = self.daemon(node)
-        if d.notify is None or d.proc is None:
-            raise FailedPrecondition(f"meshd on {node} is not started", field="node")
-        if d.ready_s is not None:
-            return d.ready_s
-        deadline = d.started_at + timeout
-        while time.monotonic() < deadline:
-            if d.notify.wait_ready(0.02):
-                d.ready_s = time.monotonic() - d.started_at
-                return d.ready_s
-            if d.proc.poll() is not None:
-                raise LabError(
-                    f"meshd on {node} exited with {d.proc.returncode} before READY:\n"
-                    + self.log_tail(node)
-                )
-        raise DeadlineExceeded(
-            f"meshd on {node} not READY after {timeout} s:\n" + self.log_tail(node)
-        )
+            self.daemon(node).wait_ready(timeout=timeout)
 
     def stop(self, node: str, *, timeout: float = 10.0) -> int:
-        """SIGTERM (a clean shutdown); SIGKILL if it has not exited after ``timeout``."""
-        d = self.daemon(node)
-        if d.proc is None:
-            raise FailedPrecondition(f"meshd on {node} was never started", field="node")
-        if d.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(d.proc.pid, signal.SIGTERM)
-            try:
-                d.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill9(node)
-        self._reap(d)
-        return d.proc.returncode
+        """SIGTERM ``node``'s meshd; its exit code."""
+        return self.daemon(node).stop(timeout=timeout)
 
     def kill9(self, node: str) -> None:
-        """``kill -9``: no chance to flush or say goodbye."""
-        d = self.daemon(node)
-        if d.proc is None:
-            raise FailedPrecondition(f"meshd on {node} was never started", field="node")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(d.proc.pid, signal.SIGKILL)
-        d.proc.wait(5.0)
-        self._reap(d)
-
-    def restart(self, node: str, *, timeout: float = 15.0) -> Daemon:
-        d = self.daemon(node)
-        if d.running:
-            self.stop(node)
-        return self.start(node, *d.extra_args, timeout=timeout)
-
-    @staticmethod
-    def _reap(d: Daemon) -> None:
-        if d.notify is not None and (d.proc is None or d.proc.poll() is not None):
-            d.notify.close()
-            d.notify = None
-
-    def rss_kib(self, node: str) -> int:
-        """Resident set size of the daemon (VmRSS), in KiB."""
-        d = self.daemon(node)
-        if d.proc is None or d.proc.poll() is not None:
-            raise FailedPrecondition(f"meshd on {node} is not running", field="node")
-        for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise LabError(f"no VmRSS for pid {d.proc.pid}")
-
-    # ---------------------------------------------------------------- meshctl
+        self.daemon(node).kill9()
 
     def meshctl(
         self, node: str, *args: str, timeout: float = 30.0, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``meshctl --socket <node's socket> ARGS`` (from the test's namespace: the
-        API is a Unix socket, which namespaces do not separate)."""
-        d = self.daemon(node)
-        argv = [sys.executable, "-m", "meshctl", "--socket", str(d.socket_path), *args]
-        try:
-            done = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=self._env(d.log_path.parent),
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise DeadlineExceeded(f"meshctl {' '.join(args)} on {node}: timed out") from exc
-        if check and done.returncode != 0:
-            raise LabError(
-                f"meshctl {' '.join(args)} on {node}: exit {done.returncode}\n"
-                f"stdout: {done.stdout}\nstderr: {done.stderr}"
-            )
-        return done
-
-    def meshctl_popen(self, node: str, *args: str) -> subprocess.Popen[str]:
-        """Start a long-running meshctl (``watch``); stdout is a pipe; killed by close()."""
-        d = self.daemon(node)
-        argv = [sys.executable, "-m", "meshctl", "--socket", str(d.socket_path), *args]
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self._env(d.log_path.parent),
-            preexec_fn=_set_pdeathsig,
-        )
-        self._helpers.append(proc)
-        return proc
+        return self.daemon(node).meshctl(*args, timeout=timeout, check=check)
 
     def meshctl_json(self, node: str, *args: str, timeout: float = 30.0) -> Any:
-        return json.loads(self.meshctl(node, "--json", *args, timeout=timeout).stdout)
+        return self.daemon(node).meshctl_json(*args, timeout=timeout)
 
-    def meshctl_json_lines(self, node: str, *args: str, timeout: float = 30.0) -> list[Any]:
-        out = self.meshctl(node, "--json", *args, timeout=timeout).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+    def meshctl_popen(self, node: str, *args: str) -> subprocess.Popen[str]:
+        return self.daemon(node).meshctl_popen(*args)
 
     # ---------------------------------------------------------------- logs
 
-    def log_tail(self, node: str, lines: int = 60) -> str:
-        path = self.daemon(node).log_path
-        if not path.exists():
-            return f"(no log for {node})"
-        text = path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
     def collect_logs(self, dest: Path | None = None, *, lines: int = 80) -> str:
-        """Every node's log tail as one text (also copied whole into ``dest``)."""
+        """Every node's log tail as one text (and each whole log copied into ``dest``)."""
         parts = []
         for node in self.nodes:
             d = self.daemons.get(node)
@@ -613,11 +383,9 @@ class NetnsLab:
                 continue
             if dest is not None and d.log_path.exists():
                 dest.mkdir(parents=True, exist_ok=True)
-                shutil.copy(d.log_path, dest / f"{node}-meshd.log")
+                shutil.copy(d.log_path, dest / f"{self.tag}-{node}-meshd.log")
             state = "running" if d.running else "stopped"
-            parts.append(
-                f"----- {node} ({state}, {d.starts} starts) -----\n" + self.log_tail(node, lines)
-            )
+            parts.append(f"----- {node} ({state}, {d.starts} starts) -----\n" + d.log_tail(lines))
         return "\n".join(parts)
 
     # ---------------------------------------------------------------- teardown
@@ -633,14 +401,7 @@ class NetnsLab:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5.0)
         for d in self.daemons.values():
-            if d.proc is not None and d.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(d.proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    d.proc.wait(5.0)
-            if d.notify is not None:
-                d.notify.close()
-                d.notify = None
+            d.close()
         for ns in self._made:
             _delete_namespace(ns)
         self._made.clear()
