@@ -128,6 +128,11 @@ class MlsEngine(ABC):
         """The node's Ed25519 identity public key this engine's MLS signer is bound to."""
 
     @property
+    def address(self) -> NodeAddress:
+        """The node address the MLS credential is bound to."""
+        return NodeAddress.from_public_key(self.node_key)
+
+    @property
     @abstractmethod
     def signature_key(self) -> bytes:
         """This node's MLS signature public key (Ed25519, separate from the node key)."""

@@ -348,9 +348,16 @@ class MlsRsEngine(MlsEngine):
             raise CryptoError("standalone proposals are not accepted", field="message")
         old_roster = self._roster(group) if info.content_type == wire.CONTENT_COMMIT else None
         msg = self._call(lambda: mls.Message.from_bytes(message), "message", incoming=True)
-        received = self._call(
-            lambda: group.handle.process_incoming_message(msg), "message", incoming=True
-        )
+        try:
+            received = self._call(
+                lambda: group.handle.process_incoming_message(msg), "message", incoming=True
+            )
+        except UndecryptableError:
+            # mls-rs deletes a message key even when the AEAD check then fails, so one
+            # tampered copy delivered first would make the genuine message undecryptable
+            # (measured). The stored state is always the last good one: reload it.
+            group.handle = self._call(lambda: self._client.load_group(info.group_id), "group_id")
+            raise
         if isinstance(received, mls.ReceivedMessage.APPLICATION_MESSAGE):
             self._persist(group.handle)
             return self._application(info.group_id, info.epoch, group, received)
