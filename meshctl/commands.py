@@ -93,22 +93,25 @@ async def send(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def _send_and_wait(ctx: Context, req: mpb.SendMessageRequest, wait_s: float) -> int:
-    """Subscribe first, then send, so the DELIVERED event cannot slip past unseen."""
-    stream = ctx.messaging.Subscribe(mpb.SubscribeRequest(), metadata=ctx.metadata)
+    """Send, then follow the event log from the message's own cursor: every later state
+    change is in the durable log, so none can slip past between the two calls (and no
+    older history is replayed)."""
     deadline = time.monotonic() + wait_s
+    resp = await ctx.messaging.SendMessage(req, metadata=ctx.metadata, timeout=wait_s)
+    if not ctx.json:
+        print(f"{resp.message_id}  {fmt.state_name(resp.state)}", file=sys.stderr, flush=True)
+    sub = mpb.SubscribeRequest()
+    if resp.cursor:
+        sub.after_cursor = resp.cursor - 1
+    stream = ctx.messaging.Subscribe(sub, metadata=ctx.metadata)
     try:
-        await asyncio.wait_for(stream.wait_for_connection(), wait_s)
-        resp = await ctx.messaging.SendMessage(
-            req, metadata=ctx.metadata, timeout=max(0.1, deadline - time.monotonic())
-        )
-        if not ctx.json:
-            print(f"{resp.message_id}  {fmt.state_name(resp.state)}", file=sys.stderr, flush=True)
         final = await asyncio.wait_for(
             _final_state(ctx, stream, resp.message_id), max(0.0, deadline - time.monotonic())
         )
     except TimeoutError:
         raise CommandFailed(
-            f"no delivery confirmation within {wait_s:g} s (the message stays queued in meshd)"
+            f"no delivery confirmation for {resp.message_id} within {wait_s:g} s"
+            " (meshd keeps it queued and retries)"
         ) from None
     finally:
         stream.cancel()

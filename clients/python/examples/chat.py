@@ -47,10 +47,10 @@ async def send_lines(client: MeshClient, peer: str) -> None:
         text = line.rstrip("\n")
         if not text:
             continue
-        resp = await client.send_detailed(peer, text)
+        message_id = await client.send(peer, text)
         try:
-            await client.wait_delivered(resp.message_id, 60, after_cursor=resp.cursor - 1)
-            print(f"  (delivered {resp.message_id[:8]})")
+            await client.wait_delivered(message_id, 60)
+            print(f"  (delivered {message_id[:8]})")
         except DeliveryFailed as exc:
             print(f"  (failed: {exc.reason})")
         except TimeoutError:

@@ -180,7 +180,9 @@ class MeshClient:
                     message_id=message_id, dst=msg.peer, state=msg.state, reason=msg.reason
                 )
             else:
-                change = await self._next_final(message_id, after_cursor)
+                # msg.cursor recorded the message: every later state change follows it.
+                start = after_cursor if after_cursor is not None else (msg.cursor or None)
+                change = await self._next_final(message_id, start)
         if change.state == mpb.DELIVERY_STATE_FAILED:
             raise DeliveryFailed(message_id, change.reason)
         return change
