@@ -1,0 +1,267 @@
+"""Nodes in one process, linked by the in-memory transport, through the real MeshCore."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from meshd.crypto.identity import Identity
+from meshd.errors import InvalidArgument, NotFound, PermissionDenied
+from meshd.logging import make_logger
+from meshd.node import Node
+from meshd.node_api import AppEvent, AppEventKind, Caller, Direction
+from meshd.router.events import DeliveryState
+from meshd.testing.memtransport import MemoryTransport, connect
+
+pytestmark = pytest.mark.timeout(60)
+
+CHAT = Caller(uid=1000, gid=1000, pid=1, app_id="chat", is_admin=False)
+OTHER = Caller(uid=1000, gid=1000, pid=2, app_id="other", is_admin=False)
+
+
+def open_node(root: Path, name: str, seed: int = 0) -> tuple[Node, MemoryTransport]:
+    made: list[MemoryTransport] = []
+
+    def transports(identity: Identity) -> list[MemoryTransport]:
+        made.append(MemoryTransport(identity.public, name=name))
+        return made
+
+    node = Node.open(
+        root / name,
+        transports=transports,
+        logger=make_logger(level="warning"),
+        rng=random.Random(seed),
+    )
+    return node, made[0]
+
+
+async def wait_for(
+    events: AsyncIterator[AppEvent], pred: object, within: float = 10.0
+) -> AppEvent:
+    assert callable(pred)
+
+    async def scan() -> AppEvent:
+        async for ev in events:
+            if pred(ev):
+                return ev
+        raise AssertionError("event stream ended")
+
+    return await asyncio.wait_for(scan(), within)
+
+
+def received(ev: AppEvent) -> bool:
+    return ev.kind is AppEventKind.MESSAGE_RECEIVED
+
+
+def delivered(ev: AppEvent) -> bool:
+    return (
+        ev.kind is AppEventKind.DELIVERY_STATE
+        and ev.message is not None
+        and ev.message.state is DeliveryState.DELIVERED
+    )
+
+
+async def test_two_nodes_exchange_and_ack(tmp_path: Path) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    b_events = b.subscribe(CHAT, after_cursor=None)
+    a_events = a.subscribe(CHAT, after_cursor=None)
+    try:
+        rec = await a.send_message(CHAT, b.address, b"hello b", lifetime_s=None)
+        assert rec.state is DeliveryState.QUEUED and rec.direction is Direction.OUTGOING
+        got = await wait_for(b_events, received)
+        assert got.message is not None
+        assert got.message.payload == b"hello b" and got.message.peer == a.address
+        assert got.message.app_id == "chat" and got.message.message_id == rec.message_id
+        ack = await wait_for(a_events, delivered)
+        assert ack.message is not None and ack.message.message_id == rec.message_id
+        assert a.get_message(CHAT, rec.message_id).state is DeliveryState.DELIVERED
+        assert a.status().outbox == 0 and a.status().neighbours == 1
+        hist = b.history(CHAT, peer=a.address, limit=10, before_cursor=None)
+        assert [h.payload for h in hist] == [b"hello b"]
+    finally:
+        await b_events.aclose()  # type: ignore[attr-defined]
+        await a_events.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b.stop()
+
+
+async def test_three_hops_chain(tmp_path: Path) -> None:
+    nodes = [open_node(tmp_path, n, i) for i, n in enumerate("abcd")]
+    for (_, t1), (_, t2) in itertools.pairwise(nodes):
+        connect(t1, t2)
+    for node, _ in nodes:
+        await node.start()
+    a, d = nodes[0][0], nodes[3][0]
+    d_events = d.subscribe(CHAT, after_cursor=None)
+    a_events = a.subscribe(CHAT, after_cursor=None)
+    try:
+        rec = await a.send_message(CHAT, d.address, b"over three hops", lifetime_s=60)
+        got = await wait_for(d_events, received)
+        assert got.message is not None and got.message.payload == b"over three hops"
+        # The core reports the frame header's hop count: relays passed (B and C), i.e.
+        # links travelled minus one.
+        assert got.message.hops == 2
+        ack = await wait_for(a_events, delivered)
+        assert ack.message is not None and ack.message.message_id == rec.message_id
+        assert any(r.dst == d.address for r in a.routes())
+    finally:
+        await d_events.aclose()  # type: ignore[attr-defined]
+        await a_events.aclose()  # type: ignore[attr-defined]
+        for node, _ in nodes:
+            await node.stop()
+
+
+async def test_send_returns_only_once_durable(tmp_path: Path) -> None:
+    a, _ = open_node(tmp_path, "a")
+    b, _ = open_node(tmp_path, "b")
+    await a.start()
+    try:
+        rec = await a.send_message(CHAT, b.address, b"keep me", lifetime_s=None)
+        # A separate connection sees only committed data: what a kill -9 would leave.
+        other = sqlite3.connect(tmp_path / "a" / "meshd.db")
+        rows = other.execute("SELECT message_id, state FROM outbox").fetchall()
+        other.close()
+        assert rows == [(rec.message_id, "queued")]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_outbox_resumes_after_restart(tmp_path: Path) -> None:
+    a, _ = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    await a.start()
+    await b.start()
+    rec = await a.send_message(CHAT, b.address, b"while apart", lifetime_s=3600)
+    await a.stop()  # no link ever came up: the message is still queued on disk
+
+    a2, ta2 = open_node(tmp_path, "a", 3)
+    assert a2.address == a.address  # same identity from the state dir
+    await a2.start()
+    assert a2.status().outbox == 1
+    b_events = b.subscribe(CHAT, after_cursor=None)
+    a_events = a2.subscribe(CHAT, after_cursor=None)
+    try:
+        connect(ta2, tb)
+        got = await wait_for(b_events, received, within=20)
+        assert got.message is not None and got.message.payload == b"while apart"
+        assert got.message.message_id == rec.message_id
+        ack = await wait_for(a_events, delivered, within=20)
+        assert ack.message is not None and ack.message.message_id == rec.message_id
+    finally:
+        await b_events.aclose()  # type: ignore[attr-defined]
+        await a_events.aclose()  # type: ignore[attr-defined]
+        await a2.stop()
+        await b.stop()
+
+
+async def test_events_resume_from_cursor_across_restart(tmp_path: Path) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    events = b.subscribe(CHAT, after_cursor=None)
+    seen: list[AppEvent] = []
+    for i in range(3):
+        await a.send_message(CHAT, b.address, f"m{i}".encode(), lifetime_s=None)
+        seen.append(await wait_for(events, received))
+    await events.aclose()  # type: ignore[attr-defined]
+    await b.stop()
+
+    b2, tb2 = open_node(tmp_path, "b", 4)
+    await b2.start()
+    resumed = b2.subscribe(CHAT, after_cursor=seen[0].cursor)
+    try:
+        rest = [await wait_for(resumed, received) for _ in range(2)]
+        assert [e.message.payload for e in rest if e.message] == [b"m1", b"m2"]
+        assert [e.cursor for e in rest] == [e.cursor for e in seen[1:]]
+        # A message arriving now continues the same cursor sequence.
+        connect(ta, tb2)
+        await a.send_message(CHAT, b2.address, b"m3", lifetime_s=None)
+        live = await wait_for(resumed, received)
+        assert live.message is not None and live.message.payload == b"m3"
+        assert live.cursor > seen[-1].cursor
+    finally:
+        await resumed.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b2.stop()
+
+
+async def test_app_isolation_and_ownership(tmp_path: Path) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    chat = b.subscribe(CHAT, after_cursor=None)
+    other = b.subscribe(OTHER, after_cursor=None)
+    try:
+        r1 = await a.send_message(CHAT, b.address, b"for chat", lifetime_s=None)
+        await a.send_message(OTHER, b.address, b"for other", lifetime_s=None)
+        got_chat = await wait_for(chat, received)
+        got_other = await wait_for(other, received)
+        assert got_chat.message is not None and got_chat.message.payload == b"for chat"
+        assert got_other.message is not None and got_other.message.payload == b"for other"
+        assert [h.payload for h in b.history(OTHER, peer=None, limit=10, before_cursor=None)] == [
+            b"for other"
+        ]
+        with pytest.raises(NotFound):
+            a.get_message(OTHER, r1.message_id)
+        # "chat" belongs to uid 1000 on a now; uid 1001 may not use it, an admin may.
+        intruder = Caller(uid=1001, gid=1001, pid=9, app_id="chat", is_admin=False)
+        with pytest.raises(PermissionDenied) as info:
+            await a.send_message(intruder, b.address, b"x", lifetime_s=None)
+        assert info.value.field == "app_id"
+        admin = Caller(uid=0, gid=0, pid=9, app_id="chat", is_admin=True)
+        assert a.get_message(admin, r1.message_id).payload == b"for chat"
+        with pytest.raises(InvalidArgument) as bad:
+            await a.send_message(
+                Caller(uid=1, gid=1, pid=1, app_id="Bad App", is_admin=False),
+                b.address,
+                b"x",
+                lifetime_s=None,
+            )
+        assert bad.value.field == "app_id"
+        with pytest.raises(InvalidArgument) as self_send:
+            await a.send_message(CHAT, a.address, b"x", lifetime_s=None)
+        assert self_send.value.field == "dst"
+        with pytest.raises(InvalidArgument) as life:
+            await a.send_message(CHAT, b.address, b"x", lifetime_s=0)
+        assert life.value.field == "lifetime"
+        with pytest.raises(InvalidArgument):
+            b.history(CHAT, peer=None, limit=0, before_cursor=None)
+    finally:
+        await chat.aclose()  # type: ignore[attr-defined]
+        await other.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b.stop()
+
+
+async def test_lossy_link_delivers_all_exactly_once(tmp_path: Path) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb, loss=0.1, seed=7)
+    await a.start()
+    await b.start()
+    events = b.subscribe(CHAT, after_cursor=None)
+    try:
+        n = 30
+        for i in range(n):
+            await a.send_message(CHAT, b.address, f"{i}".encode(), lifetime_s=None)
+        got = [await wait_for(events, received, within=30) for _ in range(n)]
+        assert sorted(int(e.message.payload) for e in got if e.message) == list(range(n))
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b.stop()
