@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -90,7 +91,11 @@ def open_database(path: Path) -> sqlite3.Connection:
     The file is never deleted or rewritten on error: the operator decides what to do.
     """
     try:
+        # Created 0600 up front; SQLite gives the -wal/-shm files the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    except OSError as exc:
+        raise StoreError(f"cannot open state database {path}: {exc.strerror}") from exc
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open state database {path}: {exc}") from exc
     try:
