@@ -35,6 +35,7 @@ from meshd.router.bodies import (
     decode_path_request,
     wire_cost,
 )
+from meshd.router.e2e_bodies import CustodyOfferBody
 from meshd.router.events import LinkId, PathChanged
 from meshd.router.frames import Frame, FrameFlags, FrameType
 from meshd.router.linkrel import InFlight
@@ -199,10 +200,16 @@ class Router(RouterBase):
         """No path: custody for relayed DATA, route failure (+ flood) for own frames."""
         frame = item.frame
         if item.local:
-            if frame.type in ENDPOINT_TYPES:
-                self.endpoint.on_route_failed(frame.frame_id, now=now)
-                if self.config.flood_fallback:
-                    self.flood_out(frame, now=now)
+            if frame.type not in ENDPOINT_TYPES:
+                return
+            custody = frame.type == FrameType.DATA and frame.flags & FrameFlags.CUSTODY_ALLOWED
+            if custody and frame.src == self.address and self.push_custody(frame, now=now):
+                return
+            self.endpoint.on_route_failed(frame.frame_id, now=now)
+            # Flood only our own frames (never a custodian's periodic probes): a last try
+            # that may find a destination discovery could not reach (e.g. ACK paths).
+            if self.config.flood_fallback and frame.src == self.address:
+                self.flood_out(frame, now=now)
             return
         custody = frame.type == FrameType.DATA and frame.flags & FrameFlags.CUSTODY_ALLOWED
         if custody and self.endpoint.take_custody(frame, now=now):
@@ -215,6 +222,26 @@ class Router(RouterBase):
         ):
             seq = self.table.last_seq(frame.dst) or 0
             self.send_path_error(item.upstream, [(frame.dst, seq)], now=now)
+
+    def push_custody(self, frame: Frame, *, now: float) -> bool:
+        """Our own message has no path: offer it to the neighbour best placed to hold it
+        (most neighbours, healthy battery, good link), which answers with a custody
+        receipt; the sender can then go offline."""
+        candidates = [
+            n for n in self.neighbours.values()
+            if n.address != frame.dst and (n.battery is None or n.battery >= 15)
+        ]
+        if not candidates:
+            return False
+        best = max(
+            candidates,
+            key=lambda n: (len(n.neighbours), self.linkrel.quality(n.link_id), n.address),
+        )
+        offer = Frame(
+            FrameType.CUSTODY_OFFER, self.rng.randbytes(8), self.address, best.address,
+            CustodyOfferBody(frame).encode(), ttl=self.config.default_ttl,
+        )
+        return self.transmit(best.link_id, offer, local=False, upstream=None, now=now)
 
     def flush_pending(self, dst: NodeAddress, *, now: float) -> None:
         queue = self.pending.pop(dst, None)

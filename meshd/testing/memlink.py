@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshd.address import NodeAddress
-from meshd.crypto.identity import PublicIdentity
+from meshd.crypto.identity import Identity, PublicIdentity
 from meshd.errors import AlreadyExists, InvalidArgument, NotFound
+from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.events import CoreEvent, LinkId
 from meshd.router.types import LinkInfo, LinkKind
 
@@ -257,3 +258,30 @@ class MemFabric:
                 return True
             self.run_until(min(deadline, self.now + check_every))
         return predicate()
+
+
+def identity_for(index: int, *, seed: int = 0) -> Identity:
+    """A deterministic identity per (seed, index), for reproducible tests."""
+    return Identity.from_seed(random.Random(f"memlink-{seed}-{index}").randbytes(64))
+
+
+def build_mesh(
+    count: int,
+    edges: list[tuple[int, int]],
+    *,
+    seed: int = 0,
+    params: LinkParams | None = None,
+    config: CoreConfig | None = None,
+) -> tuple[MemFabric, list[MeshCore]]:
+    """``count`` MeshCores (real Endpoint) linked along ``edges`` in a fresh fabric."""
+    fabric = MemFabric(seed=seed)
+    cores = [
+        MeshCore(identity_for(i, seed=seed), now=fabric.now, rng=random.Random(seed * 7919 + i),
+                 config=config)
+        for i in range(count)
+    ]
+    for core in cores:
+        fabric.add(core)
+    for a, b in edges:
+        fabric.connect(a, b, params)
+    return fabric, cores

@@ -1,0 +1,123 @@
+"""Multi-node scenarios over the lossy in-memory fabric with the real Endpoint."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from meshd.router.core import MeshCore
+from meshd.router.events import (
+    DeliveryState,
+    DeliveryStateChanged,
+    MessageReceived,
+    PathChanged,
+)
+from meshd.testing.memlink import LinkParams, MemFabric, build_mesh
+
+NASTY = LinkParams(loss=0.1, duplicate=0.1, reorder=0.2, delay=0.01, jitter=0.02)
+
+
+def received(fabric: MemFabric, node: int) -> list[MessageReceived]:
+    return [e for e in fabric.events[node] if isinstance(e, MessageReceived)]
+
+
+def states(fabric: MemFabric, node: int) -> dict[bytes, DeliveryState]:
+    final: dict[bytes, DeliveryState] = {}
+    for event in fabric.events[node]:
+        if isinstance(event, DeliveryStateChanged):
+            final[event.message_id] = event.state
+    return final
+
+
+def send(fabric: MemFabric, cores: list[MeshCore], src: int, dst: int, payload: bytes) -> bytes:
+    message_id = cores[src].send(cores[dst].address, payload, now=fabric.now)
+    fabric.kick(src)
+    return message_id
+
+
+def test_five_node_line_delivers_end_to_end_both_ways() -> None:
+    fabric, cores = build_mesh(5, [(i, i + 1) for i in range(4)], seed=1, params=NASTY)
+    fabric.run_for(1.0)
+    forward = [send(fabric, cores, 0, 4, b"to the end %d" % k) for k in range(5)]
+    backward = [send(fabric, cores, 4, 0, b"back %d" % k) for k in range(5)]
+    fabric.run_for(60.0)
+    got = received(fabric, 4)
+    assert sorted(e.payload for e in got) == sorted(b"to the end %d" % k for k in range(5))
+    assert all(e.src == cores[0].address and e.hops == 3 for e in got)  # 3 relays
+    assert sorted(e.payload for e in received(fabric, 0)) == sorted(
+        b"back %d" % k for k in range(5)
+    )
+    assert all(states(fabric, 0)[m] is DeliveryState.DELIVERED for m in forward)
+    assert all(states(fabric, 4)[m] is DeliveryState.DELIVERED for m in backward)
+    # The relays learned a path by discovery, not by flooding the data.
+    assert cores[2].router.stats.tx.get("FLOOD_DATA", 0) == 0
+    assert {r.dst for r in cores[0].routes()} >= {cores[4].address}
+
+
+def test_ring_of_14_with_chords_delivers_every_message_exactly_once() -> None:
+    edges = [(i, (i + 1) % 14) for i in range(14)] + [(0, 7), (3, 10), (5, 12)]
+    fabric, cores = build_mesh(14, edges, seed=2, params=NASTY)
+    fabric.run_for(2.0)
+    rng = random.Random(5)
+    expected: dict[bytes, tuple[int, int]] = {}
+    for k in range(40):
+        src, dst = rng.sample(range(14), 2)
+        payload = b"m%d" % k
+        message_id = send(fabric, cores, src, dst, payload)
+        expected[message_id] = (src, dst)
+        fabric.run_for(rng.uniform(0.0, 0.5))
+    fabric.run_for(120.0)
+    counts: Counter[bytes] = Counter()
+    for node in range(14):
+        for event in received(fabric, node):
+            counts[event.message_id] += 1
+            assert expected[event.message_id][1] == node
+    assert counts == Counter({m: 1 for m in expected})
+    for message_id, (src, _) in expected.items():
+        assert states(fabric, src)[message_id] is DeliveryState.DELIVERED
+
+
+def test_a_path_broken_mid_stream_is_repaired() -> None:
+    # Two disjoint routes from 0 to 5: 0-1-2-5 and 0-3-4-5.
+    edges = [(0, 1), (1, 2), (2, 5), (0, 3), (3, 4), (4, 5)]
+    fabric, cores = build_mesh(6, edges, seed=3, params=LinkParams(loss=0.05))
+    fabric.run_for(1.0)
+    sent = []
+    for k in range(10):
+        sent.append(send(fabric, cores, 0, 5, b"before %d" % k))
+        fabric.run_for(0.5)
+    first_hop = next(r.next_hop for r in cores[0].routes() if r.dst == cores[5].address)
+    middle = 1 if first_hop == cores[1].address else 3
+    fabric.disconnect(middle, middle + 1)  # break the path in use, mid-stream
+    for k in range(10):
+        sent.append(send(fabric, cores, 0, 5, b"after %d" % k))
+        fabric.run_for(0.5)
+    fabric.run_for(60.0)
+    assert len(received(fabric, 5)) == 20
+    assert all(states(fabric, 0)[m] is DeliveryState.DELIVERED for m in sent)
+    route = next(r for r in cores[0].routes() if r.dst == cores[5].address)
+    assert route.next_hop != cores[middle].address
+    lost = [e for e in fabric.events[middle] if isinstance(e, PathChanged) and e.next_hop is None]
+    assert lost, "the node at the break invalidated its path"
+
+
+def test_an_offline_destination_gets_its_messages_through_a_custodian() -> None:
+    # sender 0 - relay 1 - relay 2 - destination 3; the destination is away at first.
+    fabric, cores = build_mesh(4, [(0, 1), (1, 2), (2, 3)], seed=4,
+                               params=LinkParams(loss=0.05))
+    fabric.run_for(1.0)
+    destination_peers = fabric.take_offline(3)
+    sent = [send(fabric, cores, 0, 3, b"while you were out %d" % k) for k in range(3)]
+    held = fabric.run_until_true(
+        lambda: all(states(fabric, 0).get(m) is DeliveryState.HELD_BY_CUSTODIAN for m in sent),
+        timeout=600.0,
+    )
+    assert held, states(fabric, 0)
+    fabric.take_offline(0)  # the sender leaves for good
+    fabric.run_for(3600.0)
+    assert received(fabric, 3) == []
+    fabric.bring_online(3, destination_peers, LinkParams(loss=0.05))
+    fabric.run_for(900.0)  # the custodian probes every 300 s
+    got = received(fabric, 3)
+    assert sorted(e.payload for e in got) == sorted(b"while you were out %d" % k for k in range(3))
+    assert all(e.src == cores[0].address for e in got)
