@@ -82,10 +82,11 @@ class _Pipe(asyncio.Protocol):
         other.transport.write(data)
 
     def eof_received(self) -> bool:
+        # HTTP/2 never half-closes: EOF from either side ends the connection. (Passing
+        # the half-close on left some relayed pairs open once the client had gone.)
         if self.other is not None and self.other.transport is not None:
-            with contextlib.suppress(OSError, RuntimeError):
-                self.other.transport.write_eof()
-        return True  # keep the other direction open until it closes too
+            self.other.transport.close()  # flushes what is buffered first
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.other is not None and self.other.transport is not None:

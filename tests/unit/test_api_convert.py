@@ -28,7 +28,7 @@ def _record(**kw: object) -> MessageRecord:
 
 
 def test_bad_address_names_the_field() -> None:
-    typo = A.text[:-1] + ("a" if A.text[-1] != "a" else "b")
+    typo = A.text[:5] + ("a" if A.text[5] != "a" else "b") + A.text[6:]
     with pytest.raises(AddressError) as info:
         convert.parse_address(typo, field="dst")
     assert str(info.value).startswith("dst: checksum mismatch")
