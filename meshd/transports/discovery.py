@@ -285,6 +285,10 @@ class MulticastDiscovery:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
+    def active(self) -> bool:
+        return self._v6 is not None or self._v4 is not None
+
+    @property
     def interfaces(self) -> list[Interface]:
         return list(self._ifaces.values())
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
 import socket
 from collections import OrderedDict
@@ -99,7 +100,10 @@ class InetLink(asyncio.Protocol, Link):
             transport_kind=TRANSPORT_KIND,
             expected_peer=expected,
         )
-        self._decoder = RecordDecoder(_HANDSHAKE_MAX)
+        # One decoder bound for the whole connection: the initiator may send its first
+        # frames in the same segment as handshake message 3. Handshake records are
+        # checked against the much smaller _HANDSHAKE_MAX in _handshake_record.
+        self._decoder = RecordDecoder()
         self._channel: SecureChannel | None = None
         self._peer: PublicIdentity | None = None
         self._tp: asyncio.Transport | None = None
@@ -210,6 +214,8 @@ class InetLink(asyncio.Protocol, Link):
         hs = self._hs
         if rtype != RecordType.HANDSHAKE or hs is None:
             raise HandshakeError("expected a handshake record", field="record.type")
+        if len(body) > _HANDSHAKE_MAX:
+            raise HandshakeError("handshake record too long", field="record.length")
         reply = hs.receive(body)
         # Message 1 again (same ephemeral key) is a replay: do not answer it.
         first_message = not hs.complete and not self.initiator
@@ -226,7 +232,6 @@ class InetLink(asyncio.Protocol, Link):
         self._channel = SecureChannel(
             result.send, result.recv, rekey_every=self._owner.config.rekey_every
         )
-        self._decoder = RecordDecoder()  # now allow full-size frame records
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -430,7 +435,7 @@ class InetTransport(Transport):
             # asyncio always sets IPV6_V6ONLY; build a dual-stack socket ourselves.
             try:
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            except OSError:
+            except OSError:  # no IPv6 in this kernel
                 return await loop.create_server(self._accept, "0.0.0.0", port, reuse_address=True)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -438,8 +443,12 @@ class InetTransport(Transport):
                 sock.bind(("::", port))
                 sock.listen(128)
                 sock.setblocking(False)
-            except OSError:
+            except OSError as exc:
                 sock.close()
+                if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):  # IPv6 disabled
+                    return await loop.create_server(
+                        self._accept, "0.0.0.0", port, reuse_address=True
+                    )
                 raise
             return await loop.create_server(self._accept, sock=sock)
         return await loop.create_server(self._accept, host, port, reuse_address=True)
@@ -513,6 +522,8 @@ class InetTransport(Transport):
             on_error=lambda msg: self._log.debug("inet.discovery_error", error=msg),
         )
         self._mcast.open()
+        if not self._mcast.active:
+            self._problems.append("discovery: no multicast socket could be opened")
         self._spawn(self._discovery_loop())
 
     async def _discovery_loop(self) -> None:
@@ -527,7 +538,8 @@ class InetTransport(Transport):
                 if self._mcast.rescan():
                     self._disc.interfaces_changed(now=now)
             if now >= self._disc.next_beacon_at:
-                self._mcast.send(beacon)
+                if self._servers:  # nothing to advertise without a listener
+                    self._mcast.send(beacon)
                 self._disc.beacon_sent(now=now)
             for req in self._disc.poll(now=now, linked=self._links):
                 self._spawn(self._discovery_dial(req))

@@ -389,3 +389,24 @@ async def test_self_dial_is_refused() -> None:
         assert ra.ups == 0
     finally:
         await a.stop()
+
+
+async def test_a_big_frame_in_the_same_segment_as_message_3_is_delivered() -> None:
+    ra = Recorder()
+    a = InetTransport(ident(1), listen=[("127.0.0.1", 0)], discovery=False, config=FAST)
+    await a.start(ra)
+    try:
+        raw = await RawPeer.connect(a.advertised_port)
+        hs = LinkHandshake(ident(2), initiator=True, transport_kind=b"inet")
+        raw.send(RecordType.HANDSHAKE, hs.start())
+        rec = await raw.record()
+        assert rec is not None
+        msg3 = hs.receive(rec[2])
+        res = hs.result()
+        header, ct = SecureChannel(res.send, res.recv).seal(RecordType.DATA, b"\x07" * 60000)
+        raw.writer.write(encode_record(RecordType.HANDSHAKE, msg3) + header + ct)
+        await until(lambda: len(ra.frames) == 1)
+        assert ra.frames[0][1] == b"\x07" * 60000
+        raw.close()
+    finally:
+        await a.stop()
