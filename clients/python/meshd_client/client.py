@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 
 import grpc
@@ -145,7 +145,9 @@ class MeshClient:
             raise _translate(exc) from None
         return list(resp.messages)
 
-    async def events(self, after_cursor: int | None = None) -> AsyncIterator[mpb.Event]:
+    async def events(
+        self, after_cursor: int | None = None
+    ) -> AsyncGenerator[mpb.Event, None]:
         """This app's events: stored ones after ``after_cursor`` first, then live ones.
 
         Keep the last ``event.cursor`` you handled and pass it back after a restart.
