@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -450,10 +451,18 @@ class Node:
         )
 
     def neighbours(self) -> list[NeighbourInfo]:
-        return self.core.neighbours()
+        """The core's neighbours with ``up_since`` as unix time (the core's is monotonic)."""
+        offset = self._wall_offset()
+        return [replace(n, up_since=n.up_since + offset) for n in self.core.neighbours()]
 
     def routes(self) -> list[RouteInfo]:
-        return self.core.routes()
+        """The core's routes with ``expires_at`` as unix time."""
+        offset = self._wall_offset()
+        return [replace(r, expires_at=r.expires_at + offset) for r in self.core.routes()]
+
+    def _wall_offset(self) -> float:
+        """Add to a core (loop monotonic) time to get unix time."""
+        return time.time() - self._now()
 
     def transports(self) -> list[TransportStatus]:
         return [t.status() for t in self._transports]

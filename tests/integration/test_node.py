@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -86,6 +87,8 @@ async def test_two_nodes_exchange_and_ack(tmp_path: Path) -> None:
         assert ack.message is not None and ack.message.message_id == rec.message_id
         assert a.get_message(CHAT, rec.message_id).state is DeliveryState.DELIVERED
         assert a.status().outbox == 0 and a.status().neighbours == 1
+        (nb,) = a.neighbours()
+        assert nb.address == b.address and abs(nb.up_since - time.time()) < 60  # unix time
         hist = b.history(CHAT, peer=a.address, limit=10, before_cursor=None)
         assert [h.payload for h in hist] == [b"hello b"]
     finally:
@@ -113,7 +116,8 @@ async def test_three_hops_chain(tmp_path: Path) -> None:
         assert got.message.hops == 2
         ack = await wait_for(a_events, delivered)
         assert ack.message is not None and ack.message.message_id == rec.message_id
-        assert any(r.dst == d.address for r in a.routes())
+        route = next(r for r in a.routes() if r.dst == d.address)
+        assert route.hops == 3 and route.expires_at > time.time()  # unix time
     finally:
         await d_events.aclose()  # type: ignore[attr-defined]
         await a_events.aclose()  # type: ignore[attr-defined]
