@@ -305,9 +305,11 @@ class NetnsLab:
             if owner != node or percent == 0:
                 continue
             dev = self.ifname(node, peer)
+            # numgen's range is 0..99: "< 100" is refused, so total loss is a plain drop.
+            rule = "drop" if percent == 100 else f"numgen random mod 100 < {percent} drop"
             chains.append(
                 f'  chain loss_{peer} {{ type filter hook ingress device "{dev}" priority 0;'
-                f" numgen random mod 100 < {percent} drop; }}"
+                f" {rule}; }}"
             )
         # "add then delete" makes the flush idempotent in one atomic transaction.
         script = f"table netdev {_NFT_TABLE} {{}}\ndelete table netdev {_NFT_TABLE}\n"

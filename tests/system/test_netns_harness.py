@@ -100,6 +100,8 @@ def test_loss_drops_about_the_asked_share_each_way(make_lab: LabFactory) -> None
     assert 360 <= backward <= 480, backward
     rules = lab.exec("a", ["nft", "list", "ruleset"]).stdout
     assert "numgen random mod 100 < 30" in rules and 've-b' in rules
+    lab.set_loss("a", "b", 100)  # a black hole (numgen cannot express "< 100")
+    assert _udp(lab, "a", "b", lab.ipv4("b", "a"), 50) == 0
     lab.set_loss("a", "b", 0)
     assert _udp(lab, "a", "b", lab.ipv4("b", "a"), count) == count
     assert "numgen" not in lab.exec("b", ["nft", "list", "ruleset"]).stdout
