@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from meshd.address import NodeAddress
 from meshd.router.backoff import DeadlineHeap
-from meshd.router.e2e_bodies import DataBody
-from meshd.router.frames import HEADER_LEN, Frame
+from meshd.router.e2e_bodies import DataBody, lifetime_left
+from meshd.router.frames import HEADER_LEN, Frame, FrameFlags, FrameType
 
 CustodyKey = tuple[NodeAddress, bytes]  # (original sender, message id): the dedup key
 
@@ -38,6 +38,22 @@ class HeldFrame:
     @property
     def size(self) -> int:
         return HEADER_LEN + len(self.frame.body)
+
+    def handoff_frame(self, custodian: NodeAddress, *, now: float, ttl: int) -> Frame:
+        """The frame re-originated by ``custodian``: same src and id (end-to-end dedup)."""
+        original = self.frame
+        left = lifetime_left(self.message_expires_at, now)
+        return Frame(
+            FrameType.DATA,
+            original.frame_id,
+            original.src,
+            original.dst,
+            DataBody(self.body.payload, left, custodian=custodian).encode(),
+            original.flags | FrameFlags.CUSTODY_ALLOWED,
+            ttl=ttl,
+            # A new attempt number, so relays' (frame_id, attempt) dedup lets it through.
+            attempt=(original.attempt + self.handoffs + 1) % 256,
+        )
 
 
 class CustodyStore:

@@ -11,6 +11,7 @@ the destination and a SHA-256 of the payload, so that an ACK proves *this* conte
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from dataclasses import dataclass
 
@@ -49,6 +50,11 @@ assert FRAME_ID_LEN == 8 and KEY_LEN == 32 and SIGNATURE_LEN == 64
 
 def payload_digest(payload: bytes) -> bytes:
     return hashlib.sha256(payload).digest()
+
+
+def lifetime_left(expires_at: float, now: float) -> int:
+    """Whole seconds left (rounded up), as the wire carries them."""
+    return max(0, min(MAX_LIFETIME_WIRE, math.ceil(expires_at - now)))
 
 
 def _check_version(data: bytes, what: str) -> None:

@@ -32,9 +32,11 @@ from meshd.router.e2e_bodies import (
     decode_data_body,
     decode_offer_body,
     decode_receipt_body,
+    lifetime_left,
     payload_digest,
     receipt_signed_part,
 )
+from meshd.router.e2e_dedup import Delivered, DeliveredSet
 from meshd.router.events import (
     CoreEvent,
     DeliveryState,
@@ -73,51 +75,6 @@ class EndpointStats:
     custody_expired: int = 0
     custody_released: int = 0
     seen_evicted: int = 0
-
-
-@dataclass(slots=True)
-class _Delivered:
-    digest: bytes
-    ack_signature: bytes | None = None
-    last_ack_at: float = -math.inf
-
-
-class DeliveredSet:
-    """Destination dedup: (src, message id) seen until the message's lifetime is over.
-
-    Bounded: when full, the entry closest to expiry goes first (it is the least likely
-    to see another copy). ``max_age`` caps what a sender can claim as lifetime.
-    """
-
-    def __init__(self, *, capacity: int, max_age: float) -> None:
-        self.capacity = capacity
-        self.max_age = max_age
-        self.evicted = 0
-        self._entries: dict[CustodyKey, _Delivered] = {}
-        self._expiry: DeadlineHeap[CustodyKey] = DeadlineHeap()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: CustodyKey) -> _Delivered | None:
-        return self._entries.get(key)
-
-    def add(self, key: CustodyKey, digest: bytes, *, now: float, lifetime: float) -> _Delivered:
-        self.expire(now=now)
-        while len(self._entries) >= self.capacity:
-            oldest = self._expiry.pop_due(math.inf)
-            if oldest is None:
-                break
-            del self._entries[oldest]
-            self.evicted += 1
-        entry = _Delivered(digest)
-        self._entries[key] = entry
-        self._expiry.set(key, now + min(max(lifetime, 0.0), self.max_age))
-        return entry
-
-    def expire(self, *, now: float) -> None:
-        while (key := self._expiry.pop_due(now)) is not None:
-            self._entries.pop(key, None)
 
 
 class Endpoint:
@@ -161,6 +118,11 @@ class Endpoint:
     @property
     def policy(self) -> RetryPolicy:
         return self._policy
+
+    @property
+    def dedup_size(self) -> int:
+        """How many (src, message id) pairs the destination dedup remembers now."""
+        return len(self._seen)
 
     # --- sender -----------------------------------------------------------------
     def send(
@@ -499,7 +461,7 @@ class Endpoint:
                 break
             if held.frame.src == to:
                 continue
-            inner = self._handoff_frame(held, now)
+            inner = held.handoff_frame(self._address, now=now, ttl=self._config.default_ttl)
             body = CustodyOfferBody(inner).encode()
             self._queue(Frame(FrameType.CUSTODY_OFFER, self._rng.randbytes(FRAME_ID_LEN),
                               self._address, to, body, ttl=self._config.default_ttl), now)
@@ -524,7 +486,7 @@ class Endpoint:
             message.message_id,
             self._address,
             message.dst,
-            DataBody(message.payload, self._lifetime_left(message.expires_at, now)).encode(),
+            DataBody(message.payload, lifetime_left(message.expires_at, now)).encode(),
             DATA_FLAGS,
             ttl=self._config.default_ttl,
             attempt=message.last_attempt_byte,
@@ -553,7 +515,7 @@ class Endpoint:
                 return None
             # Custodians probe rarely: they hold the frame because no route was known.
             self._probe_until[dst] = now + self._policy.probe_interval
-        frame = self._handoff_frame(held, now)
+        frame = held.handoff_frame(self._address, now=now, ttl=self._config.default_ttl)
         held.handoffs += 1
         held.last_handoff_at = now
         held.route_failed = False
@@ -561,22 +523,6 @@ class Endpoint:
         delay = backoff_delay(self._rtt.rto(dst), held.handoffs - 1, self._policy, self._rng)
         self._handoff.set(held.key, now + delay)
         return frame
-
-    def _handoff_frame(self, held: HeldFrame, now: float) -> Frame:
-        """The held frame re-originated: same src and id (end-to-end dedup), us as custodian."""
-        original = held.frame
-        left = self._lifetime_left(held.message_expires_at, now)
-        body = DataBody(held.body.payload, left, custodian=self._address).encode()
-        return Frame(
-            FrameType.DATA,
-            original.frame_id,
-            original.src,
-            original.dst,
-            body,
-            original.flags | FrameFlags.CUSTODY_ALLOWED,
-            ttl=self._config.default_ttl,
-            attempt=(original.attempt + held.handoffs + 1) % 256,
-        )
 
     def _may_probe(self, dst: NodeAddress, now: float) -> bool:
         until = self._probe_until.get(dst)
@@ -605,7 +551,7 @@ class Endpoint:
             self._handoff.cancel(held.key)
             self.stats.custody_expired += 1
 
-    def _queue_ack(self, frame: Frame, record: _Delivered, now: float) -> None:
+    def _queue_ack(self, frame: Frame, record: Delivered, now: float) -> None:
         if record.ack_signature is None:
             signed = ack_signed_part(frame.frame_id, frame.src, self._address, record.digest)
             record.ack_signature = self._identity.sign(signed)
@@ -661,9 +607,6 @@ class Endpoint:
             DeliveryStateChanged(message.message_id, message.dst, message.state, reason,
                                  message.custodian)
         )
-
-    def _lifetime_left(self, expires_at: float, now: float) -> int:
-        return max(0, min(MAX_LIFETIME_WIRE, math.ceil(expires_at - now)))
 
     def _jitter(self) -> float:
         j = self._policy.jitter
