@@ -46,6 +46,7 @@ from meshd.crypto.mls.engine import (
     MlsEngine,
 )
 from meshd.crypto.mls.storage import KeyPackageRecord, MlsStateStore
+from meshd.crypto.mls.tls import OPAQUE, Reader
 from meshd.errors import (
     AlreadyExists,
     CryptoError,
@@ -62,6 +63,9 @@ _SNAPSHOT_HEADER = 2  # mls-rs snapshot version (u16) before the GroupContext
 _ROSTERS_KEPT = 4  # rosters of past epochs kept to name senders of late messages
 _IDENTITY_CACHE_MAX = 4096
 _MAX_GROUP_ID = 255
+# mls-rs stamps not_before with the issuer's clock; mesh nodes that were offline for long
+# may disagree by minutes, so a key package "from the future" is accepted within this.
+_CLOCK_SKEW_S = 3600
 _MAX_EXPORT = 255 * 32  # HKDF-Expand limit for SHA-256
 
 
@@ -104,14 +108,20 @@ class _Storage(mls.GroupStateStorage):  # type: ignore[misc]
 
 
 def snapshot_epoch(state: bytes, group_id: bytes) -> int:
-    """The epoch in an mls-rs serialized group state (checked against its group id)."""
+    """The epoch in an mls-rs serialized group state (checked against its group id).
+
+    Reads only the head of the GroupContext (version, suite, group_id, epoch): this runs
+    after every message, and a full decode cost ~40 us of the ~300 us seal+open budget.
+    """
+    r = Reader(state, _SNAPSHOT_HEADER)
     try:
-        ctx = wire.group_context_prefix(state, _SNAPSHOT_HEADER)
+        version, suite = r.uint(2, "state"), r.uint(2, "state")
+        stored_id = OPAQUE.decode(r, "state")
+        epoch = r.uint(8, "state")
     except WireError as exc:
         raise CryptoError(f"unexpected mls-rs state layout: {exc}", field="state") from exc
-    if ctx["version"] != wire.MLS10 or ctx["group_id"] != group_id:
+    if version != wire.MLS10 or suite != CIPHER_SUITE or stored_id != group_id:
         raise CryptoError("unexpected mls-rs state layout", field="state")
-    epoch: int = ctx["epoch"]
     return epoch
 
 
@@ -210,7 +220,7 @@ class MlsRsEngine(MlsEngine):
         if kp["version"] != wire.MLS10 or kp["cipher_suite"] != CIPHER_SUITE:
             raise InvalidArgument("key package is not MLS 1.0 / suite 0x0001", field="key_package")
         lifetime = leaf["source"]["lifetime"]
-        if not lifetime["not_before"] <= now <= lifetime["not_after"]:
+        if not lifetime["not_before"] - _CLOCK_SKEW_S <= now <= lifetime["not_after"]:
             raise InvalidArgument("key package is outside its lifetime", field="key_package")
         node_key = self._endorser(identity, leaf["signature_key"])
         if node_key is None:

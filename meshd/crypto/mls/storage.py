@@ -150,6 +150,13 @@ class MlsStateStore:
     ) -> None:
         """Store a group's state and new/updated epoch records in one transaction."""
         db = self._db
+        records = list(epochs)
+        if not records:  # the common case (every message): one autocommitted statement
+            db.execute(
+                "INSERT OR REPLACE INTO groups VALUES (?, ?)",
+                (group_id, self._seal(b"group:" + group_id, state)),
+            )
+            return
         db.execute("BEGIN")
         try:
             db.execute(
@@ -157,7 +164,7 @@ class MlsStateStore:
                 (group_id, self._seal(b"group:" + group_id, state)),
             )
             top = -1
-            for epoch_id, data in epochs:
+            for epoch_id, data in records:
                 db.execute(
                     "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)",
                     (group_id, epoch_id, self._seal(_epoch_aad(group_id, epoch_id), data)),

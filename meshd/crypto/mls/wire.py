@@ -463,9 +463,3 @@ def basic_identity(leaf: dict[str, Any], field: str) -> bytes:
         raise WireError("not a basic credential", field=field)
     identity: bytes = cred["body"]["identity"]
     return identity
-
-
-def group_context_prefix(data: bytes, offset: int) -> dict[str, Any]:
-    """Decode a GroupContext that starts at ``offset`` of a larger buffer."""
-    ctx: dict[str, Any] = GROUP_CONTEXT.decode(Reader(data, offset), "group_context")
-    return ctx
