@@ -454,20 +454,34 @@ class Endpoint:
         return True
 
     def offer_custody(self, to: NodeAddress, *, now: float, limit: int = 64) -> int:
-        """Offer up to ``limit`` held frames to ``to`` (a better custodian appeared)."""
-        count = 0
-        for held in list(self._custody):
-            if count >= limit:
+        """Offer up to ``limit`` frames to neighbour ``to`` as custodian; returns how many.
+
+        The router calls it when ``to`` is a better holder: for frames we hold for others,
+        and for our own messages it gave up routing (so that a sender about to go offline
+        can leave them with a neighbour). ``to`` confirms with a CUSTODY_RECEIPT.
+        """
+        inners: list[Frame] = []
+        for message in self._outbox:
+            if len(inners) >= limit:
                 break
-            if held.frame.src == to:
-                continue
-            inner = held.handoff_frame(self._address, now=now, ttl=self._config.default_ttl)
+            if message.route_failed and message.dst != to and STATE_RANK[message.state] < (
+                STATE_RANK[DeliveryState.HELD_BY_CUSTODIAN]
+            ):
+                message.attempts += 1
+                message.last_sent_at = now
+                inners.append(self._own_frame(message, now))
+        for held in self._custody:
+            if len(inners) >= limit:
+                break
+            if held.frame.src != to:
+                inners.append(held.handoff_frame(self._address, now=now,
+                                                 ttl=self._config.default_ttl))
+                held.last_handoff_at = now
+        for inner in inners:
             body = CustodyOfferBody(inner).encode()
             self._queue(Frame(FrameType.CUSTODY_OFFER, self._rng.randbytes(FRAME_ID_LEN),
                               self._address, to, body, ttl=self._config.default_ttl), now)
-            held.last_handoff_at = now
-            count += 1
-        return count
+        return len(inners)
 
     # --- internals --------------------------------------------------------------------
     def _transmit(
@@ -481,16 +495,7 @@ class Endpoint:
             return None
         message.attempts += 1
         message.last_sent_at = now
-        frame = Frame(
-            FrameType.DATA,
-            message.message_id,
-            self._address,
-            message.dst,
-            DataBody(message.payload, lifetime_left(message.expires_at, now)).encode(),
-            DATA_FLAGS,
-            ttl=self._config.default_ttl,
-            attempt=message.last_attempt_byte,
-        )
+        frame = self._own_frame(message, now)
         if held:
             message.last_probe_at = now
             return frame
@@ -504,6 +509,19 @@ class Endpoint:
         else:
             self.stats.retries += 1
         return frame
+
+    def _own_frame(self, message: OutgoingMessage, now: float) -> Frame:
+        """Our DATA frame for the current attempt (the caller counted it)."""
+        return Frame(
+            FrameType.DATA,
+            message.message_id,
+            self._address,
+            message.dst,
+            DataBody(message.payload, lifetime_left(message.expires_at, now)).encode(),
+            DATA_FLAGS,
+            ttl=self._config.default_ttl,
+            attempt=message.last_attempt_byte,
+        )
 
     def _hand_off(
         self, held: HeldFrame, now: float, can_route: Callable[[NodeAddress], bool]

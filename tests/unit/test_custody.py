@@ -178,3 +178,27 @@ def test_destination_offline_for_an_hour_gets_the_message_through_the_custodian(
     wire.run_until(7210.0)
     assert held_states(drain(a))[-1][0] is DeliveryState.DELIVERED
     assert [e for e in drain(b) if isinstance(e, MessageReceived)] == []  # exactly once
+
+
+def test_a_sender_leaves_its_unroutable_messages_with_a_neighbour() -> None:
+    a, n, b = endpoint(1), endpoint(2), endpoint(3)
+    mid = a.send(b.address, b"bye", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=never)
+    assert a.offer_custody(n.address, now=0.5) == 0  # not route-failed yet: nothing offered
+    a.on_route_failed(mid, now=1.0)  # the router gave up (no path to b)
+    assert a.offer_custody(n.address, now=1.0) == 1
+    [offer] = a.poll(now=1.0, can_route=never)
+    assert (offer.type, offer.src, offer.dst) == (FrameType.CUSTODY_OFFER, a.address, n.address)
+    n.on_local_frame(offer, now=1.1, key_of=no_keys)
+    [receipt] = n.poll(now=1.1, can_route=never)
+    assert receipt.dst == a.address
+    a.on_local_frame(receipt, now=1.2, key_of=no_keys)
+    assert held_states(drain(a))[-1] == (DeliveryState.HELD_BY_CUSTODIAN, n.address)
+    # a goes away; b appears next to n later.
+    n.path_available(b.address, now=5000.0)
+    [handoff] = [f for f in n.poll(now=5000.0, can_route=always) if f.type is FrameType.DATA]
+    assert (handoff.src, handoff.frame_id) == (a.address, mid)
+    b.on_local_frame(handoff, now=5000.1, key_of=no_keys)
+    [got] = drain(b)
+    assert isinstance(got, MessageReceived) and got.payload == b"bye"
+    assert data.frame_id == mid
