@@ -91,6 +91,9 @@ class DiscoveryConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     forget_after: float = 300.0
+    # Beacons are unauthenticated: bound what a flood of fake ones can make us do.
+    max_peers: int = 256
+    max_concurrent_dials: int = 8
 
 
 @dataclass(slots=True)
@@ -144,6 +147,8 @@ class DiscoveryCore:
             return None
         peer = self._peers.get(beacon.address)
         if peer is None:
+            if len(self._peers) >= self.config.max_peers:
+                return None
             first_dial = now if self.own < beacon.address else now + self.config.defer
             peer = _Peer(host=host, port=beacon.tcp_port, last_seen=now, next_dial_at=first_dial)
             self._peers[beacon.address] = peer
@@ -192,6 +197,8 @@ class DiscoveryCore:
     def _maybe_dial(self, address: NodeAddress, peer: _Peer, now: float) -> DialRequest | None:
         if peer.dialing or now < peer.next_dial_at:
             return None
+        if sum(1 for p in self._peers.values() if p.dialing) >= self.config.max_concurrent_dials:
+            return None  # poll() picks it up once a dial finishes
         peer.dialing = True
         return DialRequest(address=address, host=peer.host, port=peer.port)
 

@@ -129,3 +129,20 @@ def test_silent_peers_are_not_dialed_and_then_forgotten() -> None:
     assert c.poll(now=25.0, linked=set()) == []  # no beacon for > 2 slow intervals
     c.poll(now=200.0, linked=set())
     assert c.next_deadline() == c.next_beacon_at
+
+
+def test_fake_beacon_floods_are_bounded() -> None:
+    cfg = DiscoveryConfig(max_peers=5, max_concurrent_dials=2)
+    c = DiscoveryCore(own=NodeAddress(b"\x00" * 16), rng=random.Random(1), now=0.0, config=cfg)
+    dials = [
+        c.on_beacon(Beacon(NodeAddress(bytes([i + 1]) * 16), 1), "h", now=0.0, linked=False)
+        for i in range(50)
+    ]
+    started = [d for d in dials if d is not None]
+    assert len(started) == 2  # concurrent dials capped
+    c.dial_finished(started[0].address, ok=False, now=0.1)
+    # The freed slot goes to a known peer waiting for it; the table never grew past 5.
+    more = c.poll(now=0.2, linked=set())
+    assert len(more) == 1 and more[0].address not in {d.address for d in started}
+    assert c.on_beacon(Beacon(NodeAddress(b"\x7f" * 16), 1), "h", now=0.3, linked=False) is None
+    assert len(c._peers) == 5
