@@ -410,3 +410,51 @@ async def test_a_big_frame_in_the_same_segment_as_message_3_is_delivered() -> No
         raw.close()
     finally:
         await a.stop()
+
+
+async def test_idle_link_stays_up_on_keepalives_and_uses_nodelay() -> None:
+    a, ra, b, rb = await pair("127.0.0.1", ident(1), ident(2))
+    try:
+        link = rb.only_link()
+        tp = getattr(link, "_tp", None)
+        assert tp is not None
+        assert tp.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        await asyncio.sleep(1.5)  # 2.5 x dead_after with no frames: pings/pongs keep it up
+        assert ra.ups == rb.ups == 1 and not ra.downs and not rb.downs
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_links_rekey_and_keep_working() -> None:
+    cfg = InetConfig(rekey_every=7, keepalive_interval=60, dead_after=120)
+    a, ra, b, rb = await pair("127.0.0.1", ident(1), ident(2), cfg)
+    try:
+        for i in range(100):
+            rb.only_link().send(b"%d" % i)
+            ra.only_link().send(b"%d" % i)
+        await until(lambda: len(ra.frames) == 100 and len(rb.frames) == 100)
+        assert [f for _, f in ra.frames] == [b"%d" % i for i in range(100)]
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def test_dial_to_a_silent_server_times_out() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers the handshake
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    b = InetTransport(ident(2), listen=[], discovery=False,
+                      config=InetConfig(handshake_timeout=0.3))
+    await b.start(Recorder())
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await b.dial("127.0.0.1", port) is None
+        assert 0.25 <= loop.time() - t0 < 2.0
+    finally:
+        await b.stop()
+        server.close()
