@@ -40,6 +40,7 @@ from meshd.router.events import LinkId, PathChanged
 from meshd.router.frames import Frame, FrameFlags, FrameType
 from meshd.router.linkrel import InFlight
 from meshd.router.paths import Route, seq_newer
+from meshd.router.ratelimit import TokenBucket
 from meshd.router.routing import (
     ENDPOINT_TYPES,
     EndpointHooks,
@@ -95,6 +96,8 @@ class Router(RouterBase):
         self.relay_states: OrderedDict[bytes, RelayState] = OrderedDict()
         self.flood_states: OrderedDict[tuple[bytes, int], FloodState] = OrderedDict()
         self.replied: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+        cfg = self.config
+        self.repair_bucket = TokenBucket(rate=cfg.repair_rate, burst=cfg.repair_burst, now=now)
 
     # --- links --------------------------------------------------------------------
     def link_up(
@@ -185,9 +188,16 @@ class Router(RouterBase):
         if backoff is not None and backoff[0] > now:
             self.give_up(item, now=now)
             return
-        queue = self.pending.setdefault(dst, deque())
         cfg = self.config
+        if dst not in self.discoveries and not item.local and not self.repair_bucket.take(now=now):
+            # Discoveries on behalf of others are budgeted: a neighbour sending to random
+            # addresses must not turn us into a network-wide request amplifier.
+            self.give_up(item, now=now)
+            return
+        queue = self.pending.setdefault(dst, deque())
         if len(queue) >= cfg.pending_per_dst or self.pending_total >= cfg.pending_total:
+            if not queue:
+                del self.pending[dst]
             self.give_up(item, now=now)
             return
         queue.append(item)
@@ -305,6 +315,8 @@ class Router(RouterBase):
         previous = self.backoff.get(dst)
         period = min(high, previous[1] * 2) if previous is not None else low
         self.backoff[dst] = (now + period, period)
+        while len(self.backoff) > self.config.path_capacity:
+            self.backoff.pop(next(iter(self.backoff)))
         queue = self.pending.pop(dst, deque())
         self.pending_total -= len(queue)
         for item in queue:
@@ -314,6 +326,10 @@ class Router(RouterBase):
         if frame.src == self.address:
             return
         request = decode_path_request(frame.body)
+        request_id = frame.frame_id
+        fresh = request_id not in self.relay_states and request_id not in self.flood_seen
+        if fresh and frame.dst != self.address and not self.relay_allowed(link_id, now=now):
+            return  # checked before any state is installed: a noisy neighbour pays first
         neighbour = self.neighbours[link_id]
         cost = request.cost / COST_SCALE + self.hop_cost(
             link_id, relay=neighbour.address != frame.src
@@ -322,7 +338,6 @@ class Router(RouterBase):
             frame.src, link_id, frame.hops + 1, cost, request.origin_seq, True,
             self.config.route_lifetime, now=now,
         )
-        request_id = frame.frame_id
         state = self.relay_states.get(request_id)
         if state is not None:  # a later copy of a request still waiting to be relayed
             state.covered.update(request.covered)
@@ -333,8 +348,6 @@ class Router(RouterBase):
             self.answer_request(request_id, frame, request, cost, now=now)
             return
         if not first or request.flags & PREQ_LEAF or frame.ttl <= 1:
-            return
-        if not self.relay_allowed(link_id, now=now):
             return
         self.relay_states[request_id] = RelayState(
             frame, request, set(request.covered), {link_id}
@@ -496,6 +509,8 @@ class Router(RouterBase):
         if frame.type not in ENDPOINT_TYPES:
             self.reject(link_id, f"{frame.type.name} cannot be flooded")
             return
+        if frame.dst != self.address and not self.relay_allowed(link_id, now=now):
+            return
         neighbour = self.neighbours[link_id]
         self.offer_route(
             frame.src, link_id, frame.hops + 1,
@@ -505,7 +520,7 @@ class Router(RouterBase):
         if frame.dst == self.address:
             self.endpoint.on_local_frame(frame, now=now, key_of=self.key_of)
             return
-        if frame.ttl <= 1 or not self.relay_allowed(link_id, now=now):
+        if frame.ttl <= 1:
             return
         self.flood_states[key] = FloodState(frame.hopped(), {link_id})
         while len(self.flood_states) > 1024:

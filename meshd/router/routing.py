@@ -78,6 +78,8 @@ class RouterConfig:
     pending_per_dst: int = 64
     pending_total: int = 1024
     pending_max_wait: float = 60.0
+    repair_rate: float = 2.0  # discoveries/s started for frames relayed for others
+    repair_burst: float = 20.0
     link_max_tries: int = 5
     link_max_inflight: int = 256
     relay_rate: float = 50.0  # frames/s relayed per neighbour (token bucket)
