@@ -36,6 +36,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
         self._log = log
+        # Wrapped handlers per (method, handler): built once, not on every call.
+        self._wrapped: dict[tuple[str, int], Any] = {}
 
     async def intercept_service(
         self,
@@ -46,6 +48,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method: str = handler_call_details.method
+        key = (method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            if len(self._wrapped) > 1024:  # handlers made per call: do not grow forever
+                self._wrapped.clear()
+            wrapped = self._wrapped[key] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
