@@ -104,3 +104,13 @@ class UndecryptableError(CryptoError):
     a sender who is not the member it claims to be."""
 
     code = "DATA_LOSS"
+
+
+class EpochAheadError(CryptoError):
+    """An MLS message is from a later epoch than the group's: commits are missing. Keep it
+    and retry after catching up (``epoch`` is the message's, ``current`` the group's)."""
+
+    def __init__(self, message: str, *, epoch: int, current: int) -> None:
+        super().__init__(message, field="message")
+        self.epoch = epoch
+        self.current = current

@@ -10,12 +10,13 @@ import pytest
 
 from meshd.crypto.identity import Identity
 from meshd.crypto.mls import wire
-from meshd.crypto.mls._binding import mls
+from meshd.crypto.mls._binding import BindingError, mls
 from meshd.crypto.mls.engine import ApplicationMessage, EpochChanged, MlsEngine
 from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.errors import (
     AlreadyExists,
     CryptoError,
+    EpochAheadError,
     InvalidArgument,
     NotFound,
     UndecryptableError,
@@ -145,8 +146,11 @@ def test_member_ignoring_its_removal_still_cannot_decrypt(make: Factory) -> None
     out = a.remove_members(group, [c.address])
     commit(b, out.commit)
     later = b.encrypt(group, b"epoch 2 only")
-    with pytest.raises(UndecryptableError):
+    with pytest.raises(EpochAheadError):
         c.process(later)  # c never applied the commit: still at epoch 1
+    # Below the engine's epoch check, mls-rs itself has no key for epoch 2.
+    with pytest.raises(BindingError):
+        c._groups[group].handle.process_incoming_message(mls.Message.from_bytes(later))
     assert app(a, later).plaintext == b"epoch 2 only"
 
 
@@ -339,3 +343,19 @@ def test_at_rest_key_hides_state_and_must_match(tmp_path: Path) -> None:
     plain_raw = b"".join(p.read_bytes() for p in (tmp_path / "plain").iterdir())
     assert plain.signature_key in plain_raw  # the check above can fail
     plain.close()
+
+
+def test_member_that_missed_commits_catches_up_in_order(make: Factory) -> None:
+    a, b, c, group = trio(make)
+    first, second = a.self_update(group).commit, a.self_update(group).commit
+    commit(c, first)
+    commit(c, second)
+    message = c.encrypt(group, b"epoch 3")
+    with pytest.raises(EpochAheadError) as ahead:
+        b.process(message)
+    assert (ahead.value.epoch, ahead.value.current) == (3, 1)
+    with pytest.raises(EpochAheadError):
+        b.process(second)
+    assert commit(b, first).epoch == 2
+    assert commit(b, second).epoch == 3
+    assert app(b, message).plaintext == b"epoch 3"

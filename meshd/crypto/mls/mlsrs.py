@@ -19,6 +19,9 @@ What the binding lacks and how this module makes up for it (all measured on 0.1.
 * Replays: mls-rs deletes a message key once used, so a replayed ciphertext fails with
   "key not available" — also after a restart, because the ratchet state is written after
   every decrypt. No extra seen-set is needed; the tests check both cases.
+* mls-rs deletes a message key before the AEAD check, so a tampered copy delivered first
+  would burn the genuine message's key. A refused message therefore reloads the group from
+  the store (always the last good state, since every success is persisted).
 """
 
 from __future__ import annotations
@@ -50,8 +53,11 @@ from meshd.crypto.mls.tls import OPAQUE, Reader
 from meshd.errors import (
     AlreadyExists,
     CryptoError,
+    EpochAheadError,
     InvalidArgument,
+    MeshdError,
     NotFound,
+    StoreError,
     UndecryptableError,
     WireError,
 )
@@ -102,8 +108,11 @@ class _Storage(mls.GroupStateStorage):  # type: ignore[misc]
         # original so the engine can re-raise it with its type.
         try:
             return fn()
-        except Exception as exc:
+        except MeshdError as exc:
             self.failure = exc
+            raise
+        except Exception as exc:  # sqlite3 errors (disk full, I/O)
+            self.failure = StoreError(f"cannot persist MLS state: {exc}", field="state_dir")
             raise
 
 
@@ -180,7 +189,8 @@ class MlsRsEngine(MlsEngine):
         self._groups: dict[bytes, _Group] = {}
         for group_id in self._store.group_ids():
             state = self._store.group_state(group_id)
-            assert state is not None
+            if state is None:  # deleted between the two reads: nothing to restore
+                continue
             handle = self._call(lambda gid=group_id: self._client.load_group(gid), "group_id")
             self._groups[group_id] = _Group(handle, snapshot_epoch(state, group_id))
 
@@ -356,6 +366,13 @@ class MlsRsEngine(MlsEngine):
             # The binding cannot inspect proposals and commit() would sweep them in, so a
             # member could smuggle an Add/Remove into an admin's next commit.
             raise CryptoError("standalone proposals are not accepted", field="message")
+        if info.epoch > group.epoch:
+            raise EpochAheadError(
+                f"message is from epoch {info.epoch}, the group is at {group.epoch}: "
+                "commits are missing",
+                epoch=info.epoch,
+                current=group.epoch,
+            )
         old_roster = self._roster(group) if info.content_type == wire.CONTENT_COMMIT else None
         msg = self._call(lambda: mls.Message.from_bytes(message), "message", incoming=True)
         try:
