@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=d.drain,
                    help="how long to keep running after the last send (s)")
     p.add_argument("--lifetime", type=float, default=None, help="message lifetime (s)")
+    p.add_argument("--flood-ttl", type=int, default=None,
+                   help="flood baseline TTL override (default: the reference's 8, or 5 "
+                   "at degree >= 6; its hard cap is 16)")
     p.add_argument("--strategy", choices=("meshd", "flood", "both"), default="meshd")
     p.add_argument("--parallel", action="store_true",
                    help="with --strategy both, run the two strategies in two processes")
@@ -73,7 +76,8 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         mobility_interval=args.mobility_interval, partition=args.partition,
         cross_partition=args.cross_partition, battery=args.battery, messages=args.messages,
         pairs=args.pairs, size=args.size, warmup=args.warmup, duration=args.duration,
-        drain=args.drain, lifetime=args.lifetime, seed=args.seed)
+        drain=args.drain, lifetime=args.lifetime, flood_ttl=args.flood_ttl,
+        seed=args.seed)
     sc.validate()
     return sc
 

@@ -79,14 +79,15 @@ class MessageLog:
             key = event.reason.split(":")[0][:40]
             self.rejected[key] = self.rejected.get(key, 0) + 1
 
-    def window_report(self, start: float, end: float) -> dict[str, Any]:
-        """Messages sent during [start, end): how many got through, and when."""
+    def window_report(self, start: float, end: float, lifetime: float) -> dict[str, Any]:
+        """Messages sent during [start, end): how many got through, when, within lifetime."""
         ks = [k for k, t in enumerate(self.sent_at) if start <= t < end]
         got = [k for k in ks if self.received_at[k] is not None]
         after = [k for k in got if (self.received_at[k] or 0.0) >= end]
+        in_time = [k for k in got if (self.received_at[k] or 0.0) - self.sent_at[k] <= lifetime]
         return {"window": [start, end], "sent": len(ks), "delivered": len(got),
-                "delivered_after_heal": len(after),
-                "delivery_ratio": round(len(got) / len(ks), 4) if ks else None}
+                "delivered_after_heal": len(after), "delivered_within_lifetime": len(in_time),
+                "delivery_ratio": round(len(in_time) / len(ks), 4) if ks else None}
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -20,7 +20,7 @@ from meshd.crypto.identity import Identity
 from meshd.errors import ConfigError
 from meshd.router.events import CoreEvent, DeliveryStateChanged
 from meshd.sim.engine import Engine, LinkParams, SimCore
-from meshd.sim.flood import FloodCore
+from meshd.sim.flood import FloodConfig, FloodCore
 from meshd.sim.metrics import MessageLog, summarize
 from meshd.sim.mobility import RandomWaypoint
 from meshd.sim.topology import (
@@ -62,6 +62,7 @@ class Scenario:
     duration: float = 600.0
     drain: float = 900.0
     lifetime: float | None = None
+    flood_ttl: int | None = None  # override the reference's 8/5 TTL (sensitivity runs)
     seed: int = 1
 
     def validate(self) -> None:
@@ -86,6 +87,8 @@ class Scenario:
             (self.warmup >= 0 and self.duration >= 0 and self.drain >= 0, "duration",
              "warmup, duration and drain not negative"),
             (self.lifetime is None or self.lifetime > 0, "lifetime", "positive"),
+            (self.flood_ttl is None or 1 <= self.flood_ttl <= FloodConfig().ttl_cap,
+             "flood_ttl", f"between 1 and the reference's cap {FloodConfig().ttl_cap}"),
             (not self.cross_partition or self.partition is not None, "cross_partition",
              "needs --partition"),
         ]
@@ -97,10 +100,12 @@ class Scenario:
                 raise ConfigError(f"must be {what}", field=name)
 
 
-def make_core_factory(strategy: str) -> CoreFactory:
+def make_core_factory(strategy: str, sc: Scenario | None = None) -> CoreFactory:
     """The constructor of one node for ``strategy`` ("meshd": the real MeshCore)."""
     if strategy == "flood":
-        return lambda ident, rng: FloodCore(ident, now=0.0, rng=rng)
+        ttl = sc.flood_ttl if sc is not None else None
+        cfg = FloodConfig() if ttl is None else FloodConfig(max_ttl=ttl, dense_ttl=ttl)
+        return lambda ident, rng: FloodCore(ident, now=0.0, rng=rng, config=cfg)
     if strategy == "meshd":
         from meshd.router.core import MeshCore
 
@@ -231,8 +236,16 @@ class _Run:
                            virtual_s=self.engine.now, wall_s=wall, seed=sc.seed)
         result["peak_rss_mb"] = round(rss_kb / 1024.0, 1)
         result["link_downs"], result["link_ups"] = self.link_changes
+        if self.strategy == "flood":
+            result["flood_ttl"] = sc.flood_ttl or "reference (8, 5 at degree >= 6)"
+            dropped: dict[str, int] = {}
+            for core in self.engine.cores:
+                for reason, count in getattr(core, "dropped", {}).items():
+                    dropped[reason] = dropped.get(reason, 0) + count
+            result["relay_drops"] = dict(sorted(dropped.items()))
         if sc.partition is not None:
-            result["partition"] = self.log.window_report(*sc.partition)
+            life = sc.lifetime if sc.lifetime is not None else FloodConfig().lifetime
+            result["partition"] = self.log.window_report(*sc.partition, life)
         return result
 
 
@@ -240,7 +253,7 @@ def run_strategy(sc: Scenario, strategy: str,
                  factory: CoreFactory | None = None) -> dict[str, Any]:
     """Run ``sc`` with one strategy and return its figures (one JSON object)."""
     sc.validate()
-    return _Run(sc, strategy, factory or make_core_factory(strategy)).run()
+    return _Run(sc, strategy, factory or make_core_factory(strategy, sc)).run()
 
 
 def compare(meshd: dict[str, Any], flood: dict[str, Any]) -> dict[str, Any]:
