@@ -186,6 +186,10 @@ class CustodyReceiptBody:
             E2E_BODY_VERSION, self.message_id, self.origin.raw, self.signer_key, self.signature
         )
 
+    @property
+    def signer(self) -> NodeAddress:
+        return NodeAddress.from_public_key(self.signer_key)
+
     def verify(self, *, signer: NodeAddress, destination: NodeAddress, digest: bytes) -> bool:
         """True when the key is ``signer``'s and the signature covers this message."""
         if NodeAddress.from_public_key(self.signer_key) != signer:

@@ -369,7 +369,11 @@ class Endpoint:
             self.stats.acks_forged += 1
             return
         self.stats.acks_verified += 1
-        if message.last_sent_at is not None and body.echo_attempt == message.last_attempt_byte:
+        if (
+            message.last_sent_at is not None
+            and body.echo_attempt == message.last_attempt_byte
+            and message.state is not DeliveryState.HELD_BY_CUSTODIAN  # a custodian's copy
+        ):
             self._rtt.sample(message.dst, now - message.last_sent_at)
         self._finish(message, DeliveryState.DELIVERED)
         self.path_available(message.dst, now=now)  # the path works: wake the others
@@ -377,21 +381,7 @@ class Endpoint:
     def _on_receipt(self, frame: Frame, now: float) -> None:
         body = decode_receipt_body(frame.body)
         if body.origin == self._address:
-            message = self._outbox.get(body.message_id)
-            if message is None:
-                self.stats.receipts_unknown += 1
-                return
-            if not body.verify(signer=frame.src, destination=message.dst,
-                               digest=message.digest):
-                self.stats.receipts_forged += 1
-                return
-            if frame.src == message.dst:  # signed by the destination: it has the message
-                self._finish(message, DeliveryState.DELIVERED)
-                return
-            self._retry.cancel(message.message_id)
-            if STATE_RANK[message.state] < STATE_RANK[DeliveryState.HELD_BY_CUSTODIAN]:
-                message.custodian = frame.src
-                self._advance(message, DeliveryState.HELD_BY_CUSTODIAN)
+            self._on_own_receipt(frame, body)
             return
         key = (body.origin, body.message_id)
         held = self._custody.get(key)
@@ -404,6 +394,30 @@ class Endpoint:
         self._custody.remove(key)
         self._handoff.cancel(key)
         self.stats.custody_released += 1
+        if frame.src == held.frame.dst:
+            # The destination's own receipt proves delivery: pass it on to the sender, who
+            # may be back online (its ACK may have been lost while it was away).
+            self._queue(Frame(FrameType.CUSTODY_RECEIPT, self._rng.randbytes(FRAME_ID_LEN),
+                              self._address, body.origin, frame.body,
+                              ttl=self._config.default_ttl), now)
+
+    def _on_own_receipt(self, frame: Frame, body: CustodyReceiptBody) -> None:
+        message = self._outbox.get(body.message_id)
+        if message is None:
+            self.stats.receipts_unknown += 1
+            return
+        # Signed by the destination (relayed by the last custodian): proof of delivery.
+        signer = message.dst if body.signer == message.dst else frame.src
+        if not body.verify(signer=signer, destination=message.dst, digest=message.digest):
+            self.stats.receipts_forged += 1
+            return
+        if signer == message.dst:
+            self._finish(message, DeliveryState.DELIVERED)
+            return
+        self._retry.cancel(message.message_id)
+        if STATE_RANK[message.state] < STATE_RANK[DeliveryState.HELD_BY_CUSTODIAN]:
+            message.custodian = signer
+            self._advance(message, DeliveryState.HELD_BY_CUSTODIAN)
 
     def _on_offer(self, frame: Frame, now: float) -> None:
         inner = decode_offer_body(frame.body).inner

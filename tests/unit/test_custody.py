@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -8,7 +9,7 @@ from meshd.router.core import CoreConfig
 from meshd.router.e2e_bodies import DataBody, decode_data_body, decode_receipt_body
 from meshd.router.events import DeliveryState, DeliveryStateChanged, MessageReceived
 from meshd.router.frames import Frame, FrameFlags, FrameType
-from tests.unit.endpoint_harness import Wire, always, drain, endpoint, never, no_keys
+from tests.unit.endpoint_harness import Wire, always, drain, endpoint, identity, never, no_keys
 
 
 def held_states(events: Sequence[object]) -> list[tuple[DeliveryState, object]]:
@@ -57,9 +58,17 @@ def test_custody_hand_off_to_the_destination_keeps_src_and_id() -> None:
     receipt = next(f for f in replies if f.type is FrameType.CUSTODY_RECEIPT)
     assert ack.dst == a.address and receipt.dst == r.address
     r.on_local_frame(receipt, now=200.2, key_of=no_keys)
-    assert r.custody() == [] and r.next_deadline() is None
-    a.on_local_frame(ack, now=200.3, key_of=no_keys)
+    assert r.custody() == []
+    # The destination's receipt is passed on to the sender: proof of delivery even when
+    # the ACK is lost (the sender may have been offline then).
+    [relayed] = r.poll(now=200.2, can_route=always)
+    assert (relayed.type, relayed.src, relayed.dst) == (
+        FrameType.CUSTODY_RECEIPT, r.address, a.address)
+    assert r.next_deadline() is None
+    a.on_local_frame(relayed, now=200.3, key_of=no_keys)
     assert held_states(drain(a))[-1][0] is DeliveryState.DELIVERED
+    a.on_local_frame(ack, now=200.4, key_of=no_keys)  # late ACK: already done
+    assert drain(a) == [] and a.stats.acks_unknown == 1
 
 
 def test_custodian_retries_hand_off_until_a_receipt_arrives() -> None:
@@ -129,6 +138,13 @@ def test_receipts_and_acks_must_verify() -> None:
     assert [e.state for e in a.outbox()] == [DeliveryState.QUEUED]
     body = decode_receipt_body(receipt.body)
     assert body.origin == a.address
+    # A custodian cannot claim delivery: b's key with r's signature does not verify.
+    fake = replace(body, signer_key=identity(3).public.signing_key)
+    a.on_local_frame(replace(receipt, body=fake.encode()), now=0.2, key_of=no_keys)
+    assert a.stats.receipts_forged == 3
+    assert [e.state for e in a.outbox()] == [DeliveryState.QUEUED]
+    a.on_local_frame(receipt, now=0.3, key_of=no_keys)
+    assert [e.state for e in a.outbox()] == [DeliveryState.HELD_BY_CUSTODIAN]
 
 
 def test_offer_hands_custody_to_a_better_custodian() -> None:
