@@ -1,0 +1,378 @@
+"""Daemon benchmark (issue 3): real meshd processes, 1 KiB messages, one JSON line.
+
+    python3 bench/daemon_bench.py [--messages 3000] [--callers 16] [--samples 200]
+
+Measures, in one run:
+- the ceiling: a bare grpc.aio echo server on a Unix socket (separate process), 1 KiB
+  unary calls, sequential and 8 concurrent;
+- two daemons on loopback (``--listen``/``--peer 127.0.0.1``, ``--no-discovery``):
+  end-to-end throughput (sent through a's API by several concurrent callers, counted when
+  delivered on b's Subscribe stream), latency at low load over 1 hop (send → b's
+  message_received event) and the sender's DELIVERED event latency over 1 hop, idle RSS,
+  start → READY (first start, which creates the identity, and a restart);
+- latency over 3 hops in network namespaces (a-b-c-d, discovery, no forwarding) when run
+  as root with ``ip netns``;
+and prints each figure against the issue's target (``ratio`` ≥ 1 means met).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+if __package__ in (None, ""):  # run as a script: make this checkout's meshd importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from meshd.api.v1 import messaging_pb2 as mpb
+from meshd.api.v1 import messaging_pb2_grpc as mgrpc
+from meshd.api.v1 import node_pb2 as npb
+from meshd.api.v1 import node_pb2_grpc as ngrpc
+from meshd.testing.daemon_proc import MeshdProcess
+from meshd.testing.netns import NetnsLab, chain, unavailable_reason
+
+MSG_SIZE = 1024
+APP = (("meshd-app", "bench"),)
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+# ------------------------------------------------------------------ the ceiling
+
+
+async def _echo_server(path: str) -> None:
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"unix:{path}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+async def _rate(call: Callable[[], Awaitable[object]], seconds: float, concurrency: int) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await call()
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - t0)
+
+
+async def ceiling(tmp: Path, seconds: float) -> dict[str, float]:
+    path = str(tmp / "echo.sock")
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--echo-server", path, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        if (await server.stdout.readline()).strip() != b"ready":
+            raise RuntimeError("the echo server did not start")
+        async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
+            stub = channel.unary_unary(ECHO_METHOD)
+            body = b"x" * MSG_SIZE
+
+            async def call() -> object:
+                return await stub(body)
+
+            await _rate(call, 0.3, 8)  # warm-up
+            sequential = await _rate(call, seconds, 1)
+            concurrent = await _rate(call, seconds, 8)
+    finally:
+        server.kill()
+        await server.wait()
+    return {
+        "unary_sequential_per_s": round(sequential),
+        "unary_8_concurrent_per_s": round(concurrent),
+    }
+
+
+# ------------------------------------------------------------------ daemon traffic
+
+
+class _Stream:
+    """One daemon's Subscribe stream: when each payload seq arrived, when each id was
+    DELIVERED (events may come before the sender even has the id)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._call = mgrpc.MessagingServiceStub(channel).Subscribe(
+            mpb.SubscribeRequest(), metadata=APP
+        )
+        self.received: dict[int, float] = {}
+        self.delivered: dict[str, float] = {}
+        self._changed = asyncio.Event()
+        self._task = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        async for event in self._call:
+            now = time.perf_counter()
+            kind = event.WhichOneof("kind")
+            if kind == "message_received":
+                head = event.message_received.message.payload[:10]
+                if head.isdigit():
+                    self.received.setdefault(int(head), now)
+            elif kind == "delivery_state" and event.delivery_state.state == (
+                mpb.DELIVERY_STATE_DELIVERED
+            ):
+                self.delivered.setdefault(event.delivery_state.message_id, now)
+            self._changed.set()
+
+    async def until(self, check: Callable[[], bool], within: float) -> None:
+        async with asyncio.timeout(within):
+            while not check():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        self._call.cancel()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _payload(seq: int) -> bytes:
+    return f"{seq:010d}".encode().ljust(MSG_SIZE, b".")
+
+
+def _ms(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {"p50": float("nan"), "p95": float("nan"), "n": 0}
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {
+        "p50": round(statistics.median(ordered) * 1e3, 2),
+        "p95": round(p95 * 1e3, 2),
+        "n": len(ordered),
+    }
+
+
+async def _address(channel: grpc.aio.Channel) -> str:
+    resp = await ngrpc.NodeServiceStub(channel).GetStatus(npb.GetStatusRequest(), metadata=APP)
+    return str(resp.status.address)
+
+
+async def latency(
+    src: grpc.aio.Channel, dst: grpc.aio.Channel, samples: int, *, seq0: int
+) -> tuple[list[float], list[float]]:
+    """Sequential sends: (send → receiver's event, send → sender's DELIVERED event)."""
+    dst_addr = await _address(dst)
+    send = mgrpc.MessagingServiceStub(src).SendMessage
+    rx, tx = _Stream(dst), _Stream(src)
+    arrive: list[float] = []
+    acked: list[float] = []
+    try:
+        for i in range(samples):
+            seq = seq0 + i
+            t0 = time.perf_counter()
+            resp = await send(
+                mpb.SendMessageRequest(dst=dst_addr, payload=_payload(seq)), metadata=APP
+            )
+            mid = resp.message_id
+            await rx.until(lambda s=seq: s in rx.received, 30)  # type: ignore[misc]
+            await tx.until(lambda m=mid: m in tx.delivered, 30)  # type: ignore[misc]
+            arrive.append(rx.received[seq] - t0)
+            acked.append(tx.delivered[mid] - t0)
+    finally:
+        await rx.close()
+        await tx.close()
+    return arrive, acked
+
+
+async def throughput(
+    src: grpc.aio.Channel, dst: grpc.aio.Channel, total: int, callers: int, *, seq0: int
+) -> dict[str, float]:
+    dst_addr = await _address(dst)
+    send = mgrpc.MessagingServiceStub(src).SendMessage
+    rx = _Stream(dst)
+    await asyncio.sleep(0.2)  # the stream is open before the first send
+    next_seq = seq0
+    try:
+        t0 = time.perf_counter()
+
+        async def caller() -> None:
+            nonlocal next_seq
+            while next_seq < seq0 + total:
+                seq, next_seq = next_seq, next_seq + 1
+                await send(
+                    mpb.SendMessageRequest(dst=dst_addr, payload=_payload(seq)), metadata=APP
+                )
+
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        accepted_s = time.perf_counter() - t0
+        wanted = range(seq0, seq0 + total)
+        await rx.until(lambda: all(s in rx.received for s in wanted), 120)
+        delivered_s = max(rx.received[s] for s in wanted) - t0
+    finally:
+        await rx.close()
+    return {
+        "messages": total,
+        "callers": callers,
+        "accepted_per_s": round(total / accepted_s),
+        "delivered_per_s": round(total / delivered_s),
+    }
+
+
+async def _wait_neighbour(channel: grpc.aio.Channel, within: float) -> None:
+    stub = ngrpc.NodeServiceStub(channel)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if (await stub.ListNeighbours(npb.ListNeighboursRequest(), metadata=APP)).neighbours:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the two daemons did not connect")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def loopback(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    p1, p2 = _free_port(), _free_port()
+    a = MeshdProcess("a", tmp / "a", tmp)
+    b = MeshdProcess("b", tmp / "b", tmp)
+    try:
+        a.start("--listen", f"127.0.0.1:{p1}", "--no-discovery")
+        b.start("--listen", f"127.0.0.1:{p2}", "--peer", f"127.0.0.1:{p1}", "--no-discovery")
+        first_ready = max(a.wait_ready(), b.wait_ready())
+        async with (
+            grpc.aio.insecure_channel(f"unix:{a.socket_path}") as ca,
+            grpc.aio.insecure_channel(f"unix:{b.socket_path}") as cb,
+        ):
+            await _wait_neighbour(ca, 30)
+            await asyncio.sleep(args.idle)
+            idle_rss = max(a.rss_kib(), b.rss_kib()) / 1024
+            await latency(ca, cb, 5, seq0=0)  # warm-up: paths, imports, caches
+            arrive, acked = await latency(ca, cb, args.samples, seq0=100)
+            tput = await throughput(ca, cb, args.messages, args.callers, seq0=10_000)
+            busy_rss = max(a.rss_kib(), b.rss_kib()) / 1024
+        a.stop()
+        a.start("--listen", f"127.0.0.1:{p1}", "--no-discovery")
+        restart_ready = a.wait_ready()
+    finally:
+        a.close()
+        b.close()
+    return {
+        "throughput": tput,
+        "latency_1hop_ms": _ms(arrive),
+        "delivered_event_1hop_ms": _ms(acked),
+        "rss_mb": {"idle": round(idle_rss, 1), "after_load": round(busy_rss, 1)},
+        "ready_s": {"first_start": round(first_ready, 3), "restart": round(restart_ready, 3)},
+    }
+
+
+async def three_hops(tmp: Path, samples: int) -> dict[str, Any]:
+    reason = unavailable_reason()
+    if reason is not None:
+        return {"skipped": reason}
+    nodes, links = chain(4)
+    with NetnsLab.create(nodes, links, tmp / "netns") as lab:
+        lab.start_all()
+        async with (
+            grpc.aio.insecure_channel(f"unix:{lab.daemon('a').socket_path}") as ca,
+            grpc.aio.insecure_channel(f"unix:{lab.daemon('d').socket_path}") as cd,
+        ):
+            await latency(ca, cd, 3, seq0=0)  # discovery and the path a→d
+            arrive, acked = await latency(ca, cd, samples, seq0=100)
+    lat = _ms(arrive)
+    return {
+        "latency_ms": lat,
+        "per_hop_p50_ms": round(lat["p50"] / 3, 2),
+        "delivered_event_ms": _ms(acked),
+    }
+
+
+# ------------------------------------------------------------------ report
+
+
+def _check(value: float, target: float, *, higher_is_better: bool) -> dict[str, Any]:
+    ratio = value / target if higher_is_better else target / value if value else float("inf")
+    op = ">=" if higher_is_better else "<="
+    return {
+        "value": value,
+        "target": f"{op} {target:g}",
+        "ratio": round(ratio, 2),
+        "ok": ratio >= 1,
+    }
+
+
+def checks(result: dict[str, Any]) -> dict[str, Any]:
+    lo = result["loopback"]
+    tput = lo["throughput"]["delivered_per_s"]
+    ceiling_rate = result["ceiling"]["unary_8_concurrent_per_s"]
+    out = {
+        "throughput_msg_per_s": _check(tput, 1500, higher_is_better=True),
+        "throughput_vs_ceiling_8_concurrent": _check(
+            round(tput / ceiling_rate, 3), 0.25, higher_is_better=True
+        ),
+        "latency_p50_ms_1hop": _check(lo["latency_1hop_ms"]["p50"], 5, higher_is_better=False),
+        "delivered_event_p50_ms_1hop": _check(
+            lo["delivered_event_1hop_ms"]["p50"], 10, higher_is_better=False
+        ),
+        "idle_rss_mb": _check(lo["rss_mb"]["idle"], 80, higher_is_better=False),
+        "start_to_ready_s": _check(lo["ready_s"]["first_start"], 1.5, higher_is_better=False),
+    }
+    hops = result["three_hops"]
+    if "per_hop_p50_ms" in hops:
+        out["latency_p50_ms_per_hop_3hops"] = _check(
+            hops["per_hop_p50_ms"], 5, higher_is_better=False
+        )
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="mbench-"))  # short: Unix socket paths ≤ 107 bytes
+    try:
+        result: dict[str, Any] = {"bench": "daemon", "msg_size": MSG_SIZE}
+        result["ceiling"] = await ceiling(tmp, args.seconds)
+        result["loopback"] = await loopback(tmp, args)
+        result["three_hops"] = (
+            await three_hops(tmp, args.hop_samples) if args.netns else {"skipped": "--no-netns"}
+        )
+        result["checks"] = checks(result)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000, help="throughput run size")
+    parser.add_argument("--callers", type=int, default=16, help="concurrent API callers")
+    parser.add_argument("--samples", type=int, default=200, help="1-hop latency samples")
+    parser.add_argument("--hop-samples", type=int, default=100, help="3-hop latency samples")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per ceiling measurement")
+    parser.add_argument("--idle", type=float, default=2.0, help="idle seconds before RSS")
+    parser.add_argument("--no-netns", dest="netns", action="store_false", help="skip 3 hops")
+    parser.add_argument("--echo-server", metavar="PATH", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.echo_server:
+        asyncio.run(_echo_server(args.echo_server))
+        return 0
+    print(json.dumps(asyncio.run(run(args))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
