@@ -36,7 +36,8 @@ def test_every_error_class_maps_to_a_real_status() -> None:
 
     for cls in subclasses(errors.MeshdError):
         assert cls.code in grpc.StatusCode.__members__, cls
-        assert status_code(cls("x")).name == cls.code
+        instance = cls.__new__(cls)  # some subclasses take extra constructor arguments
+        assert status_code(instance).name == cls.code
 
 
 def test_unknown_or_ok_code_is_internal() -> None:
