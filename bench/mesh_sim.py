@@ -22,6 +22,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+from meshd.sim.cli import pin_hash_seed
 from meshd.sim.scenario import Scenario, compare, run_strategy
 
 
@@ -94,4 +95,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    pin_hash_seed("bench.mesh_sim")
     sys.exit(main())

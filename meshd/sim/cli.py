@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -92,6 +93,18 @@ def run(sc: Scenario, strategy: str, *, parallel: bool = False) -> dict[str, Any
             ff = pool.submit(run_strategy, sc, "flood")
             return compare(fm.result(), ff.result())
     return compare(run_strategy(sc, "meshd"), run_strategy(sc, "flood"))
+
+
+def pin_hash_seed(module: str) -> None:
+    """Re-run ``python -m module`` with PYTHONHASHSEED=0 unless the caller chose a value.
+
+    str/bytes hashing is salted per process, so a core that iterates over a set of
+    addresses or ids visits them in a different order in every process; pinning the salt
+    keeps "same seed, same JSON" true across runs (and the forked workers inherit it).
+    """
+    if "PYTHONHASHSEED" not in os.environ:
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
