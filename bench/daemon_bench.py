@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -29,6 +30,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+# Popen(preexec_fn=...) while grpc threads run makes grpc log a fork() notice per child.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 
@@ -344,7 +348,12 @@ def checks(result: dict[str, Any]) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="mbench-"))  # short: Unix socket paths ≤ 107 bytes
     try:
-        result: dict[str, Any] = {"bench": "daemon", "msg_size": MSG_SIZE}
+        # 2 shared cores: a busy machine shows here, and in every figure below.
+        result: dict[str, Any] = {
+            "bench": "daemon",
+            "msg_size": MSG_SIZE,
+            "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        }
         result["ceiling"] = await ceiling(tmp, args.seconds)
         result["loopback"] = await loopback(tmp, args)
         result["three_hops"] = (
