@@ -359,3 +359,34 @@ def test_member_that_missed_commits_catches_up_in_order(make: Factory) -> None:
     assert commit(b, first).epoch == 2
     assert commit(b, second).epoch == 3
     assert app(b, message).plaintext == b"epoch 3"
+
+
+def test_partition_fork_resolved_by_rollback(make: Factory) -> None:
+    """Two admins commit at once on either side of a partition; the losing side rolls back
+    to the fork epoch and follows the winning branch (which branch wins is the daemon's
+    rule; the engine provides the rollback)."""
+    a, b, c, group = trio(make)
+    assert app(c, a.encrypt(group, b"before the split")).plaintext == b"before the split"
+    winning = a.self_update(group).commit  # side {a, b}
+    commit(b, winning)
+    losing = c.self_update(group).commit  # side {c}: its own epoch 2
+    stray = c.encrypt(group, b"on the losing branch")
+    assert a.epoch(group) == c.epoch(group) == 2
+    assert a.export_secret(group, b"x", b"", 16) != c.export_secret(group, b"x", b"", 16)
+    with pytest.raises(UndecryptableError):
+        a.process(losing)  # a commit for epoch 1 on a group at epoch 2
+    c.rollback(group, 1)
+    assert c.epoch(group) == 1
+    assert commit(c, winning).epoch == 2
+    assert len({e.export_secret(group, b"x", b"", 16) for e in (a, b, c)}) == 1
+    assert app(c, b.encrypt(group, b"healed")).plaintext == b"healed"
+    assert app(a, c.encrypt(group, b"back")).sender.node_key == c.node_key
+    with pytest.raises(UndecryptableError):
+        a.process(stray)  # sealed on the abandoned branch
+    c.close()
+    c = make("c")  # the rollback is persisted
+    assert app(c, a.encrypt(group, b"after restart")).plaintext == b"after restart"
+    with pytest.raises(NotFound, match="not retained"):
+        c.rollback(group, 0)
+    with pytest.raises(InvalidArgument):
+        c.rollback(group, 2)

@@ -18,8 +18,8 @@ KEY = bytes(range(32))
 
 def test_group_state_and_epochs_round_trip(tmp_path: Path) -> None:
     store = MlsStateStore(tmp_path, at_rest_key=KEY)
-    store.write_group(b"g", b"state-1", [(0, b"epoch-0")])
-    store.write_group(b"g", b"state-2", [(1, b"epoch-1"), (0, b"epoch-0-updated")])
+    store.write_group(b"g", b"state-1", 1, [(0, b"epoch-0")])
+    store.write_group(b"g", b"state-2", 2, [(1, b"epoch-1"), (0, b"epoch-0-updated")])
     assert store.group_state(b"g") == b"state-2"
     assert store.epoch_record(b"g", 0) == b"epoch-0-updated"
     assert store.max_epoch_id(b"g") == 1
@@ -35,7 +35,7 @@ def test_group_state_and_epochs_round_trip(tmp_path: Path) -> None:
 def test_old_epochs_are_pruned(tmp_path: Path) -> None:
     store = MlsStateStore(tmp_path)
     for epoch in range(3 * EPOCHS_KEPT):
-        store.write_group(b"g", b"s", [(epoch, b"e%d" % epoch)])
+        store.write_group(b"g", b"s", epoch + 1, [(epoch, b"e%d" % epoch)])
     top = 3 * EPOCHS_KEPT - 1
     assert store.epoch_record(b"g", top) == b"e%d" % top
     assert store.epoch_record(b"g", top - EPOCHS_KEPT + 1) is not None
@@ -45,13 +45,13 @@ def test_old_epochs_are_pruned(tmp_path: Path) -> None:
 
 def test_rows_are_sealed_and_bound_to_their_place(tmp_path: Path) -> None:
     store = MlsStateStore(tmp_path, at_rest_key=KEY)
-    store.write_group(b"g1", b"secret-state-one", [])
-    store.write_group(b"g2", b"secret-state-two", [])
+    store.write_group(b"g1", b"secret-state-one", 0, [])
+    store.write_group(b"g2", b"secret-state-two", 0, [])
     store.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"secret-state" not in raw
     plain = MlsStateStore(tmp_path / "plain")
-    plain.write_group(b"g1", b"secret-state-one", [])
+    plain.write_group(b"g1", b"secret-state-one", 0, [])
     plain.close()
     assert b"secret-state" in b"".join(p.read_bytes() for p in (tmp_path / "plain").iterdir())
     # Swap the two sealed rows: each names its group in the AEAD data, so both fail.
@@ -111,3 +111,22 @@ def test_signer_binding_verifies_and_detects_tampering() -> None:
     assert parse_identity(bytes(forged), signer.public_key) is None
     with pytest.raises(InvalidArgument):
         MlsSigner.from_bytes(signer.secret_key + endorse(Identity.generate(), other.public_key))
+
+
+def test_history_keeps_the_last_state_of_each_epoch_and_rolls_back(tmp_path: Path) -> None:
+    store = MlsStateStore(tmp_path, at_rest_key=KEY)
+    store.write_group(b"g", b"e0-first", 0, [])
+    store.write_group(b"g", b"e0-last", 0, [])
+    store.write_group(b"g", b"e1", 1, [(0, b"rec0")])
+    store.write_group(b"g", b"e2", 2, [(1, b"rec1")])
+    assert store.history_epochs(b"g") == [0, 1]
+    assert store.rollback_group(b"g", 0)
+    assert store.group_state(b"g") == b"e0-last"
+    assert store.history_epochs(b"g") == [] and store.max_epoch_id(b"g") is None
+    assert not store.rollback_group(b"g", 1)
+    store.write_group(b"g", b"e1-other-branch", 1, [(0, b"rec0")])
+    assert store.group_state(b"g") == b"e1-other-branch" and store.history_epochs(b"g") == [0]
+    for epoch in range(2, 3 * EPOCHS_KEPT):
+        store.write_group(b"g", b"s%d" % epoch, epoch, [])
+    assert len(store.history_epochs(b"g")) == EPOCHS_KEPT
+    store.close()

@@ -200,5 +200,14 @@ class MlsEngine(ABC):
         """Drop a group's state (after leaving it or being removed)."""
 
     @abstractmethod
+    def rollback(self, group_id: bytes, epoch: int) -> None:
+        """Return the group to the last state it had at an earlier, retained ``epoch``.
+
+        For partition forks: when two branches of commits grew from one epoch, the
+        members of the losing branch roll back to the fork epoch and process the winning
+        branch's commits in order. Raises ``NotFound`` if the epoch is no longer retained.
+        """
+
+    @abstractmethod
     def reencode(self, message: bytes) -> bytes:
         """Parse an MLSMessage with the engine's own codec and serialize it again."""

@@ -98,7 +98,7 @@ class _Storage(mls.GroupStateStorage):  # type: ignore[misc]
         def run() -> None:
             epoch = snapshot_epoch(group_state, group_id)
             records = [(e.id, e.data) for e in [*epoch_inserts, *epoch_updates]]
-            self.store.write_group(group_id, group_state, records)
+            self.store.write_group(group_id, group_state, epoch, records)
             self.last_write = (group_id, epoch)
 
         self._guard(run)
@@ -331,6 +331,18 @@ class MlsRsEngine(MlsEngine):
 
     def members(self, group_id: bytes) -> tuple[Member, ...]:
         return self._roster(self._group(group_id)).members
+
+    def rollback(self, group_id: bytes, epoch: int) -> None:
+        group = self._group(group_id)
+        if not 0 <= epoch < group.epoch:
+            raise InvalidArgument(f"epoch must be below the current {group.epoch}", field="epoch")
+        if not self._store.rollback_group(group_id, epoch):
+            kept = self._store.history_epochs(group_id)
+            raise NotFound(f"epoch {epoch} is not retained (retained: {kept})", field="epoch")
+        group.handle = self._call(lambda: self._client.load_group(group_id), "group_id")
+        group.epoch = epoch
+        group.roster = group.rosters.get(epoch)
+        group.rosters = {e: r for e, r in group.rosters.items() if e < epoch}
 
     def export_secret(self, group_id: bytes, label: bytes, context: bytes, length: int) -> bytes:
         group = self._group(group_id)

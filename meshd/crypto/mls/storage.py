@@ -34,7 +34,11 @@ _CHECK = b"meshd-mls-state-v1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS groups (group_id BLOB PRIMARY KEY, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+    group_id BLOB PRIMARY KEY, state BLOB NOT NULL, epoch INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS history (
+    group_id BLOB NOT NULL, epoch INTEGER NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (group_id, epoch));
 CREATE TABLE IF NOT EXISTS epochs (
     group_id BLOB NOT NULL, epoch_id INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (group_id, epoch_id));
@@ -61,6 +65,7 @@ class MlsStateStore:
         if at_rest_key is not None and len(at_rest_key) != 32:
             raise InvalidArgument("the at-rest key is 32 bytes", field="at_rest_key")
         self._aead = AESGCM(at_rest_key) if at_rest_key is not None else None
+        self._epoch_cache: dict[bytes, int] = {}  # stored epoch per group (sole writer)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
         if not path.exists():
@@ -146,23 +151,39 @@ class MlsStateStore:
         return None if row is None or row[0] is None else int(row[0])
 
     def write_group(
-        self, group_id: bytes, state: bytes, epochs: Iterable[tuple[int, bytes]]
+        self, group_id: bytes, state: bytes, epoch: int, epochs: Iterable[tuple[int, bytes]]
     ) -> None:
-        """Store a group's state and new/updated epoch records in one transaction."""
+        """Store a group's state at ``epoch`` and new/updated epoch records, atomically.
+
+        When the epoch moves on, the last state of the previous epoch is kept in
+        ``history`` (bounded by EPOCHS_KEPT) so that :meth:`rollback_group` can return to
+        it after a partition fork.
+        """
         db = self._db
         records = list(epochs)
-        if not records:  # the common case (every message): one autocommitted statement
-            db.execute(
-                "INSERT OR REPLACE INTO groups VALUES (?, ?)",
-                (group_id, self._seal(b"group:" + group_id, state)),
-            )
+        stored_epoch = self._stored_epoch(group_id)
+        sealed = self._seal(b"group:" + group_id, state)
+        if not records and stored_epoch == epoch:
+            # The common case (every message): one autocommitted statement.
+            db.execute("UPDATE groups SET state=? WHERE group_id=?", (sealed, group_id))
             return
         db.execute("BEGIN")
         try:
-            db.execute(
-                "INSERT OR REPLACE INTO groups VALUES (?, ?)",
-                (group_id, self._seal(b"group:" + group_id, state)),
-            )
+            previous = self.group_state(group_id) if stored_epoch != epoch else None
+            if stored_epoch is not None and previous is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO history VALUES (?, ?, ?)",
+                    (
+                        group_id,
+                        stored_epoch,
+                        self._seal(_history_aad(group_id, stored_epoch), previous),
+                    ),
+                )
+                db.execute(
+                    "DELETE FROM history WHERE group_id=? AND epoch<?",
+                    (group_id, stored_epoch - EPOCHS_KEPT + 1),
+                )
+            db.execute("INSERT OR REPLACE INTO groups VALUES (?, ?, ?)", (group_id, sealed, epoch))
             top = -1
             for epoch_id, data in records:
                 db.execute(
@@ -178,15 +199,62 @@ class MlsStateStore:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._epoch_cache.pop(group_id, None)
             raise
+        self._epoch_cache[group_id] = epoch
+
+    def _stored_epoch(self, group_id: bytes) -> int | None:
+        if group_id not in self._epoch_cache:
+            row = self._db.execute(
+                "SELECT epoch FROM groups WHERE group_id=?", (group_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            self._epoch_cache[group_id] = int(row[0])
+        return self._epoch_cache[group_id]
+
+    def history_epochs(self, group_id: bytes) -> list[int]:
+        """Past epochs of the group whose last state is retained, oldest first."""
+        rows = self._db.execute(
+            "SELECT epoch FROM history WHERE group_id=? ORDER BY epoch", (group_id,)
+        )
+        return [int(r[0]) for r in rows]
+
+    def rollback_group(self, group_id: bytes, epoch: int) -> bool:
+        """Make the retained last state of ``epoch`` current again and forget everything
+        after it (later states and epoch records). False if that epoch is not retained."""
+        db = self._db
+        row = db.execute(
+            "SELECT state FROM history WHERE group_id=? AND epoch=?", (group_id, epoch)
+        ).fetchone()
+        if row is None:
+            return False
+        state = self._open(_history_aad(group_id, epoch), row[0])
+        db.execute("BEGIN")
+        try:
+            db.execute(
+                "UPDATE groups SET state=?, epoch=? WHERE group_id=?",
+                (self._seal(b"group:" + group_id, state), epoch, group_id),
+            )
+            db.execute("DELETE FROM history WHERE group_id=? AND epoch>=?", (group_id, epoch))
+            db.execute("DELETE FROM epochs WHERE group_id=? AND epoch_id>=?", (group_id, epoch))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            self._epoch_cache.pop(group_id, None)
+        return True
 
     def group_ids(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._db.execute("SELECT group_id FROM groups ORDER BY 1")]
 
     def delete_group(self, group_id: bytes) -> None:
+        self._epoch_cache.pop(group_id, None)
         self._db.execute("BEGIN")
         self._db.execute("DELETE FROM groups WHERE group_id=?", (group_id,))
         self._db.execute("DELETE FROM epochs WHERE group_id=?", (group_id,))
+        self._db.execute("DELETE FROM history WHERE group_id=?", (group_id,))
         self._db.execute("COMMIT")
 
     # -- key packages -----------------------------------------------------------------
@@ -225,3 +293,7 @@ class MlsStateStore:
 
 def _epoch_aad(group_id: bytes, epoch_id: int) -> bytes:
     return b"epoch:" + epoch_id.to_bytes(8, "big") + group_id
+
+
+def _history_aad(group_id: bytes, epoch: int) -> bytes:
+    return b"history:" + epoch.to_bytes(8, "big") + group_id
