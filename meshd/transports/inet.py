@@ -9,7 +9,8 @@ loop iteration leave in one ``writelines`` (one syscall).
 Duplicate links (both sides dialed each other, e.g. both saw the other's beacon) are
 resolved after the handshake proves identities: of two links to one peer set up in
 opposite directions, both ends keep the one initiated by the smaller node address; of
-two in the same direction, the newer replaces the older (the peer reconnected).
+two in the same direction, the one with the smaller handshake hash (both ends agree on
+it, whatever order the handshakes completed in).
 The transport moves mesh frames only; it never forwards IP.
 """
 
@@ -114,6 +115,7 @@ class InetLink(asyncio.Protocol, Link):
         self._timer: asyncio.TimerHandle | None = None
         self._desc = "tcp ?"
         self.link_id: LinkId | None = None
+        self.handshake_hash = b""
         self.closed = False
         self.close_reason: str | None = None
         self.authenticated: asyncio.Future[bool] = self._loop.create_future()
@@ -229,6 +231,7 @@ class InetLink(asyncio.Protocol, Link):
         result = hs.result()
         self._hs = None
         self._peer = result.peer
+        self.handshake_hash = result.handshake_hash
         self._channel = SecureChannel(
             result.send, result.recv, rekey_every=self._owner.config.rekey_every
         )
@@ -595,26 +598,31 @@ class InetTransport(Transport):
             return
         old = self._links.get(peer)
         if old is not None:
-            if old.initiator != conn.initiator:
-                def initiator_addr(c: InetLink) -> NodeAddress:
-                    return own if c.initiator else peer
-
-                keep_new = initiator_addr(conn) < initiator_addr(old)
-            else:
-                keep_new = True  # same direction: the peer (or we) reconnected
+            keep_new = self._preference(conn) < self._preference(old)
             if not keep_new:
                 self._log.debug("inet.duplicate_link", peer=peer.short, kept=old.description)
                 conn._close(CLOSE_DUPLICATE, "duplicate link")
                 old.ping()  # if the kept link is stale, the peer's RST surfaces it now
                 return
             self._log.debug("inet.duplicate_link", peer=peer.short, kept=conn.description)
-            old._close(CLOSE_DUPLICATE, "replaced by a newer link")
+            old._close(CLOSE_DUPLICATE, "replaced by a preferred link")
             self._drop_link(old)
         self._links[peer] = conn
         assert self._events is not None
         conn.link_id = self._events.link_up(conn)
         self._log.info("inet.link_up", peer=peer.short, endpoint=conn.description,
                        initiator=conn.initiator)
+
+    def _preference(self, conn: InetLink) -> tuple[bytes, bytes]:
+        """Sort key of duplicate links to one peer; both ends compute the same, keep the min.
+
+        Opposite directions: the link initiated by the smaller address wins. Same direction
+        (two dials raced, or the peer reconnected while we still hold the old link): the
+        smaller handshake hash wins, which both ends know, unlike completion order. A stale
+        loser is pinged when it is kept, so a peer that restarted RSTs it at once.
+        """
+        initiator = self.identity.address if conn.initiator else conn.peer.address
+        return initiator.raw, conn.handshake_hash
 
     def _frame(self, link_id: LinkId, frame: bytes) -> None:
         assert self._events is not None

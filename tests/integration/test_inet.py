@@ -352,6 +352,9 @@ async def test_crossed_dials_leave_one_link_initiated_by_smaller_address(
         assert (ia.address if initiated_by_a else ib.address) == smaller
         # dial() may return the link that the tie-break closes a moment later.
         assert link is kept_a or (link is not None and link.closed)
+        assert getattr(kept_a, "handshake_hash", None) == getattr(
+            rb.only_link(), "handshake_hash", None
+        )  # the same TCP connection at both ends
         # Stable: no churn once settled.
         ups = (ra.ups, rb.ups)
         await asyncio.sleep(0.5)
@@ -458,3 +461,23 @@ async def test_dial_to_a_silent_server_times_out() -> None:
     finally:
         await b.stop()
         server.close()
+
+
+async def test_racing_dials_in_one_direction_settle_on_the_same_link_at_both_ends() -> None:
+    ra, rb = Recorder(), Recorder()
+    a = InetTransport(ident(1), listen=[("127.0.0.1", 0)], discovery=False, config=FAST)
+    b = InetTransport(ident(2), listen=[], discovery=False, config=FAST)
+    await a.start(ra)
+    await b.start(rb)
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(b.dial("127.0.0.1", a.advertised_port) for _ in range(4)))
+            await asyncio.sleep(0.3)
+            assert len(ra.links) == 1 and len(rb.links) == 1
+            hash_a = getattr(ra.only_link(), "handshake_hash", None)
+            assert hash_a and hash_a == getattr(rb.only_link(), "handshake_hash", None)
+        rb.only_link().send(b"x")
+        await until(lambda: len(ra.frames) == 1)
+    finally:
+        await b.stop()
+        await a.stop()
