@@ -16,6 +16,7 @@ from meshd.router.events import LinkId
 from meshd.router.types import LinkKind
 
 BRIDGE_DIFFERENCE = 0.30
+SWAP_MARGIN = 0.05  # REFERENCE: swap a kept link only for one >= 5 % better
 LIMITED_KINDS = frozenset({LinkKind.BLE})
 
 
@@ -28,6 +29,8 @@ class LinkView:
     battery: int | None
     rssi: int | None
     neighbours: frozenset[bytes]  # the neighbour's own neighbours (from its announce)
+    settled: bool = True  # up long enough and announced: advice may drop it
+    kept: bool = True  # the current advice (hysteresis)
 
 
 def cluster_signature(own_prefix: bytes, neighbour_prefixes: Iterable[bytes]) -> int:
@@ -73,10 +76,16 @@ def advise(
     for view in views:
         if view.kind not in LIMITED_KINDS:
             advice[view.link_id] = (True, "unlimited transport")
-    ranked = sorted(limited, key=link_score, reverse=True)
+    ranked = sorted(
+        limited, key=lambda v: link_score(v) + (SWAP_MARGIN if v.kept else 0.0), reverse=True
+    )
     kept = 0
     for view in ranked:
-        if is_bridge(own_neighbours, own_prefix, view):
+        if not view.settled:
+            # REFERENCE: stability window before acting; a link we know nothing about yet
+            # could be a bridge, and dropping then re-adding a BLE link is expensive.
+            advice[view.link_id] = (True, "settling")
+        elif is_bridge(own_neighbours, own_prefix, view):
             advice[view.link_id] = (True, "bridge")
         elif kept < max_links:
             kept += 1

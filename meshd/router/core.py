@@ -137,7 +137,7 @@ class MeshCore:
         neighbour = self._router.neighbours.get(link_id)
         if neighbour is not None:
             neighbour.info = info
-            self._router.recompute_clusters()
+            self._router.recompute_clusters(now=now)
         self._pump(now)
 
     def link_down(self, link_id: LinkId, *, now: float) -> None:

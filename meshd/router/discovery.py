@@ -111,7 +111,7 @@ class Router(RouterBase):
         self.path_appeared(neighbour.address, now=now)
 
     def link_down(self, link_id: LinkId, *, now: float) -> None:
-        neighbour, inflight = self.remove_neighbour(link_id)
+        neighbour, inflight = self.remove_neighbour(link_id, now=now)
         if neighbour is None:
             return
         self.table.drop_precursor(link_id)
@@ -566,9 +566,13 @@ class Router(RouterBase):
                 self.announce_to(list(self.neighbours))
                 interval = self.config.announce_interval
                 self.schedule(now + interval * self.rng.uniform(0.9, 1.1), "announce", None)
+            elif kind == "reannounce":
+                self._reannounce_pending = False
+                self.recompute_clusters(now=now)
+                self.announce_to(list(self.neighbours))
             elif kind == "cluster":
-                if self._cluster_dirty:
-                    self.recompute_clusters()
+                # Every tick, not only when dirty: links settle as time passes.
+                self.recompute_clusters(now=now)
                 self.schedule(now + self.config.cluster_interval, "cluster", None)
             elif kind == "sweep":
                 self.sweep(now=now)

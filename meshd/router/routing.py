@@ -40,6 +40,7 @@ ENDPOINT_TYPES = frozenset(
     {FrameType.DATA, FrameType.ACK, FrameType.CUSTODY_OFFER, FrameType.CUSTODY_RECEIPT}
 )
 MAX_QUEUED_EVENTS = 4096  # past this, FrameRejected events are counted, not queued
+REANNOUNCE_DELAY = 5.0  # coalesces a burst of link changes into one announce round
 
 
 class EndpointHooks(Protocol):
@@ -108,6 +109,7 @@ class Neighbour:
     cluster_id: int | None = None
     neighbours: frozenset[bytes] = frozenset()
     keep: bool = True
+    announced: bool = False
 
 
 @dataclass(slots=True)
@@ -167,6 +169,7 @@ class RouterBase:
         self._timers: list[tuple[float, int, str, object]] = []
         self._timer_counter = 0
         self._cluster_dirty = False
+        self._reannounce_pending = False
         self._last_battery_announce = -1e9
         self._announced_identities: dict[NodeAddress, bytes] = {}
         self.schedule(now + cfg.announce_interval * rng.uniform(0.5, 1.0), "announce", None)
@@ -278,6 +281,7 @@ class RouterBase:
             neighbour.battery = None if ann.battery == BATTERY_UNKNOWN else ann.battery
             neighbour.charging = ann.charging
             neighbour.cluster_id = ann.cluster_id
+            neighbour.announced = True
             if frozenset(ann.neighbours) != neighbour.neighbours:
                 neighbour.neighbours = frozenset(ann.neighbours)
                 self._cluster_dirty = True
@@ -296,7 +300,7 @@ class RouterBase:
         self.emit(PeerIdentityLearned(address, identity, extensions))
 
     # --- clusters and link advice -----------------------------------------------------
-    def recompute_clusters(self) -> None:
+    def recompute_clusters(self, *, now: float) -> None:
         self._cluster_dirty = False
         prefixes = [n.prefix for n in self.neighbours.values()]
         self.own.update(
@@ -306,6 +310,8 @@ class RouterBase:
             LinkView(
                 n.link_id, n.prefix, n.info.kind, self.linkrel.quality(n.link_id),
                 n.battery, n.info.rssi, n.neighbours,
+                settled=n.announced and now - n.up_since >= self.config.cluster_interval,
+                kept=n.keep,
             )
             for n in self.neighbours.values()
         ]
@@ -340,21 +346,31 @@ class RouterBase:
         self.by_addr[address] = link_id
         self.linkrel.add_link(link_id, info.quality if info.kind != LinkKind.MEMORY else 0.95)
         self.identities.pin(peer)
-        self._cluster_dirty = True
+        self.topology_changed(now)
         self.emit(NeighbourUp(link_id, address))
         return neighbour
 
-    def remove_neighbour(self, link_id: LinkId) -> tuple[Neighbour | None, list[InFlight]]:
+    def topology_changed(self, now: float) -> None:
+        """Our neighbour set changed: tell the neighbours soon, once per burst of changes
+        (their bridge/cluster view depends on our neighbour list)."""
+        self._cluster_dirty = True
+        if not self._reannounce_pending:
+            self._reannounce_pending = True
+            self.schedule(now + REANNOUNCE_DELAY, "reannounce", None)
+
+    def remove_neighbour(
+        self, link_id: LinkId, *, now: float
+    ) -> tuple[Neighbour | None, list[InFlight]]:
         neighbour = self.neighbours.pop(link_id, None)
         if neighbour is None:
             return None, []
+        self.topology_changed(now)
         if self.by_addr.get(neighbour.address) == link_id:
             del self.by_addr[neighbour.address]
             # Another link to the same peer may still be up.
             for other in self.neighbours.values():
                 if other.address == neighbour.address:
                     self.by_addr[other.address] = other.link_id
-        self._cluster_dirty = True
         self.emit(NeighbourDown(link_id, neighbour.address))
         return neighbour, self.linkrel.remove_link(link_id)
 

@@ -13,7 +13,7 @@ from meshd.router.bodies import (
     decode_announce,
 )
 from meshd.router.core import MeshCore
-from meshd.router.events import FrameRejected, PathChanged, PeerIdentityLearned
+from meshd.router.events import CoreEvent, FrameRejected, PathChanged, PeerIdentityLearned
 from meshd.router.frames import Frame, FrameType
 from meshd.testing.memlink import MemFabric, build_mesh, identity_for
 
@@ -30,14 +30,14 @@ def pair() -> tuple[MemFabric, list[MeshCore], int]:
     return fabric, cores, link_on_0
 
 
-def feed(fabric: MemFabric, core: MeshCore, link_id: int, data: bytes) -> list[object]:
+def feed(fabric: MemFabric, core: MeshCore, link_id: int, data: bytes) -> list[CoreEvent]:
     before = len(fabric.events[0])
     core.receive(link_id, data, now=fabric.now)
     fabric.kick(0)
     return fabric.events[0][before:]
 
 
-def rejected(events: list[object]) -> list[str]:
+def rejected(events: list[CoreEvent]) -> list[str]:
     return [e.reason for e in events if isinstance(e, FrameRejected)]
 
 
