@@ -390,3 +390,21 @@ def test_partition_fork_resolved_by_rollback(make: Factory) -> None:
         c.rollback(group, 0)
     with pytest.raises(InvalidArgument):
         c.rollback(group, 2)
+
+
+def test_late_message_from_previous_epoch_opens_once(make: Factory) -> None:
+    a, b, c, group = trio(make)
+    early, late = c.encrypt(group, b"early"), c.encrypt(group, b"late")
+    assert app(a, early).plaintext == b"early"
+    update = b.self_update(group).commit
+    commit(a, update)
+    commit(c, update)
+    got = app(a, late)  # sealed at epoch 1, opened at epoch 2 from the retained epoch
+    assert (got.plaintext, got.epoch, got.sender.node_key) == (b"late", 1, c.node_key)
+    for replay in (early, late):
+        with pytest.raises(UndecryptableError):
+            a.process(replay)
+    a.close()
+    a = make("a")
+    with pytest.raises(UndecryptableError):
+        a.process(late)
