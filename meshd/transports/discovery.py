@@ -9,6 +9,7 @@ handshake then proves the identity (the dial expects the beaconed address).
 * ``DiscoveryCore``: sans-IO policy (when to beacon, whom to dial, per-peer dial backoff,
   the tie-break deferral). Fed ``now``; never reads a clock.
 * ``scan_interfaces`` and ``MulticastDiscovery``: the Linux socket adapter.
+* ``LanDiscovery``: runs the core over the adapter on the event loop (used by inet).
 
 Beacon layout (big-endian)::
 
@@ -27,8 +28,9 @@ import fcntl
 import random
 import socket
 import struct
-from collections.abc import Callable, Collection, Container
+from collections.abc import Awaitable, Callable, Collection, Container, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshd.address import ADDRESS_LEN, NodeAddress
 from meshd.errors import WireError
@@ -396,3 +398,118 @@ class MulticastDiscovery:
                 with contextlib.suppress(OSError):
                     host = f"{host}%{socket.if_indextoname(src[3])}"
             self._on_beacon(beacon, host)
+
+
+DialFn = Callable[[DialRequest], Awaitable[bool]]
+
+
+class LanDiscovery:
+    """Drives ``DiscoveryCore`` over ``MulticastDiscovery`` on the event loop.
+
+    ``dial`` connects and returns True when a link to the address exists afterwards;
+    ``linked`` is the live set of addresses we have links to. ``tcp_port`` is None when
+    there is no listener: then we still hear beacons and dial, but advertise nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        own: NodeAddress,
+        port: int,
+        tcp_port: int | None,
+        dial: DialFn,
+        linked: Container[NodeAddress],
+        rng: random.Random,
+        config: DiscoveryConfig,
+        rescan_interval: float,
+        interfaces: Collection[str] | None,
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.port = port
+        self._own = own
+        self._tcp_port = tcp_port
+        self._dial = dial
+        self._linked = linked
+        self._rng = rng
+        self._config = config
+        self._rescan_interval = rescan_interval
+        self._mcast = MulticastDiscovery(
+            port=port, on_beacon=self._on_beacon, interfaces=interfaces, on_error=on_error
+        )
+        self._core: DiscoveryCore | None = None
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def active(self) -> bool:
+        return self._mcast.active
+
+    @property
+    def interfaces(self) -> list[Interface]:
+        return self._mcast.interfaces
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._core = DiscoveryCore(own=self._own, rng=self._rng, now=loop.time(),
+                                   config=self._config)
+        self._mcast.open()
+        self._spawn(self._run())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._mcast.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        core = self._core
+        assert core is not None
+        loop = asyncio.get_running_loop()
+        beacon = None
+        if self._tcp_port is not None:
+            beacon = encode_beacon(Beacon(self._own, self._tcp_port))
+        next_scan = 0.0
+        while True:
+            now = loop.time()
+            if now >= next_scan:  # interfaces come and go (USB, WiFi, veth)
+                next_scan = now + self._rescan_interval
+                if self._mcast.rescan():
+                    core.interfaces_changed(now=now)
+            if now >= core.next_beacon_at:
+                if beacon is not None:
+                    self._mcast.send(beacon)
+                core.beacon_sent(now=now)
+            for req in core.poll(now=now, linked=self._linked):
+                self._spawn(self._dial_one(req))
+            deadline = min(core.next_deadline(), next_scan)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.01, deadline - loop.time()))
+
+    def _on_beacon(self, beacon: Beacon, host: str) -> None:
+        if self._core is None:
+            return
+        now = asyncio.get_running_loop().time()
+        linked = beacon.address in self._linked
+        req = self._core.on_beacon(beacon, host, now=now, linked=linked)
+        if req is not None:
+            self._spawn(self._dial_one(req))
+        self._wake.set()  # a deferred dial may now be due
+
+    async def _dial_one(self, req: DialRequest) -> None:
+        ok = False
+        try:
+            ok = await self._dial(req)
+        finally:
+            if self._core is not None:
+                self._core.dial_finished(
+                    req.address, ok=ok, now=asyncio.get_running_loop().time()
+                )
+            self._wake.set()

@@ -37,14 +37,7 @@ from meshd.router.events import LinkId
 from meshd.router.frames import MAX_FRAME_LEN
 from meshd.router.types import LinkInfo, LinkKind
 from meshd.transports.base import Link, LinkEvents, Transport, TransportState, TransportStatus
-from meshd.transports.discovery import (
-    Beacon,
-    DialRequest,
-    DiscoveryConfig,
-    DiscoveryCore,
-    MulticastDiscovery,
-    encode_beacon,
-)
+from meshd.transports.discovery import DialRequest, DiscoveryConfig, LanDiscovery
 from meshd.transports.framing import RecordDecoder, RecordType, encode_record
 
 DEFAULT_PORT = 4717
@@ -331,9 +324,7 @@ class InetTransport(Transport):
         self._links: dict[NodeAddress, InetLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._seen_ephemerals: OrderedDict[bytes, None] = OrderedDict()
-        self._mcast: MulticastDiscovery | None = None
-        self._disc: DiscoveryCore | None = None
-        self._wake = asyncio.Event()
+        self._lan: LanDiscovery | None = None
         self._state = TransportState.STOPPED
         self.advertised_port = port
 
@@ -358,7 +349,7 @@ class InetTransport(Transport):
             self._spawn(self._dial_loop(host, port))
         self._spawn(self._keepalive_loop())
         if self._discovery_enabled:
-            self._start_discovery(loop)
+            self._start_discovery()
         self._state = TransportState.RUNNING
 
     async def stop(self) -> None:
@@ -368,9 +359,9 @@ class InetTransport(Transport):
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._mcast is not None:
-            self._mcast.close()
-            self._mcast = None
+        if self._lan is not None:
+            await self._lan.stop()
+            self._lan = None
         for server in self._servers:
             server.close()
         for conn in list(self._conns):
@@ -391,9 +382,9 @@ class InetTransport(Transport):
         if self._problems and state is TransportState.RUNNING:
             state, detail = TransportState.DEGRADED, "; ".join(self._problems[-3:])
         endpoints = list(self._endpoints)
-        if self._mcast is not None:
-            endpoints += [f"discovery udp/{self._disc_port} on {i.name}"
-                          for i in self._mcast.interfaces]
+        if self._lan is not None:
+            endpoints += [f"discovery udp/{self._lan.port} on {i.name}"
+                          for i in self._lan.interfaces]
         return TransportStatus(
             name=self.name, state=state, detail=detail,
             links=len(self._links), local_endpoints=tuple(endpoints),
@@ -509,66 +500,27 @@ class InetTransport(Transport):
                     conn.ping()
 
     # --- discovery --------------------------------------------------------------------
-    @property
-    def _disc_port(self) -> int:
-        return self.config.discovery_port or self._port
-
-    def _start_discovery(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._disc = DiscoveryCore(
-            own=self.identity.address, rng=self._rng, now=loop.time(),
+    def _start_discovery(self) -> None:
+        self._lan = LanDiscovery(
+            own=self.identity.address,
+            port=self.config.discovery_port or self._port,
+            tcp_port=self.advertised_port if self._servers else None,
+            dial=self._discovery_dial,
+            linked=self._links,
+            rng=self._rng,
             config=self.config.discovery,
-        )
-        self._mcast = MulticastDiscovery(
-            port=self._disc_port,
-            on_beacon=self._on_beacon,
+            rescan_interval=self.config.rescan_interval,
             interfaces=self.config.discovery_interfaces,
             on_error=lambda msg: self._log.debug("inet.discovery_error", error=msg),
         )
-        self._mcast.open()
-        if not self._mcast.active:
+        self._lan.start()
+        if not self._lan.active:
             self._problems.append("discovery: no multicast socket could be opened")
-        self._spawn(self._discovery_loop())
 
-    async def _discovery_loop(self) -> None:
-        assert self._disc is not None and self._mcast is not None
-        loop = asyncio.get_running_loop()
-        beacon = encode_beacon(Beacon(self.identity.address, self.advertised_port))
-        next_scan = 0.0
-        while True:
-            now = loop.time()
-            if now >= next_scan:
-                next_scan = now + self.config.rescan_interval
-                if self._mcast.rescan():
-                    self._disc.interfaces_changed(now=now)
-            if now >= self._disc.next_beacon_at:
-                if self._servers:  # nothing to advertise without a listener
-                    self._mcast.send(beacon)
-                self._disc.beacon_sent(now=now)
-            for req in self._disc.poll(now=now, linked=self._links):
-                self._spawn(self._discovery_dial(req))
-            deadline = min(self._disc.next_deadline(), next_scan)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.01, deadline - loop.time()))
-
-    def _on_beacon(self, beacon: Beacon, host: str) -> None:
-        if self._disc is None:
-            return
-        now = asyncio.get_running_loop().time()
-        req = self._disc.on_beacon(beacon, host, now=now, linked=beacon.address in self._links)
-        if req is not None:
-            self._spawn(self._discovery_dial(req))
-        self._wake.set()  # a deferred dial may now be due
-
-    async def _discovery_dial(self, req: DialRequest) -> None:
+    async def _discovery_dial(self, req: DialRequest) -> bool:
         self._log.debug("inet.discovery_dial", peer=req.address.short, host=req.host)
         conn = await self.dial(req.host, req.port, expected=req.address)
-        ok = conn is not None or req.address in self._links
-        if self._disc is not None:
-            self._disc.dial_finished(
-                req.address, ok=ok, now=asyncio.get_running_loop().time()
-            )
-        self._wake.set()
+        return conn is not None or req.address in self._links
 
     # --- callbacks from InetLink ------------------------------------------------------
     def _conn_opened(self, conn: InetLink) -> None:
