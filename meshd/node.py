@@ -2,15 +2,23 @@
 
 It is the asyncio adapter around the sans-IO ``MeshCore``: transports report link events
 and frames (``LinkEvents``), the node feeds the core, then in one *pump* per event-loop
-pass it drains the core's events into SQLite, commits once (group commit, fsync'd),
-wakes subscribers, writes the core's frames to links and re-arms one timer at
-``next_deadline()``. Frames go out only after the commit, so an end-to-end ACK never
-leaves before the message it acknowledges is on disk.
+pass it drains the core's events into SQLite, commits once (group commit), wakes
+subscribers, writes the core's frames to links and re-arms one timer at
+``next_deadline()``.
+
+Durability: when a pump stored something that must survive power loss (a message an app
+handed in, a message received from a peer), its frames (e.g. the end-to-end ACK) and the
+app's reply wait for an fsync of the WAL that runs in a worker thread; pumps that come
+meanwhile queue behind it (in order), and the next fsync covers them all. So an ACK never
+leaves before the message it acknowledges is on disk, and the loop never blocks on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import logging
 import os
 import random
 import time
@@ -108,6 +116,10 @@ class Node:
         self.log = (logger or structlog.get_logger("meshd.node")).bind(
             node=identity.address.short
         )
+        # Debug lines are built only when they will be printed (NodeAddress.short costs
+        # a base32 encode; measured 60 us per message in the throughput profile).
+        is_enabled = getattr(self.log, "is_enabled_for", None)
+        self._debug = bool(is_enabled(logging.DEBUG)) if callable(is_enabled) else True
         self._core: MeshCore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._links: dict[LinkId, tuple[Link, Transport]] = {}
@@ -117,6 +129,12 @@ class Node:
         self._timer_deadline: float | None = None
         self._maintenance: asyncio.TimerHandle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
+        # Frames and replies waiting for the next WAL fsync (see the module docstring).
+        self._held_frames: list[tuple[LinkId, bytes]] = []
+        self._held_waiters: list[asyncio.Future[None]] = []
+        self._held_durable = False
+        self._syncing: asyncio.Future[None] | None = None
+        self._sync_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._subscribers: set[asyncio.Event] = set()
         self._app_events_added = False  # by API calls between pumps
         self._started_at = time.time()
@@ -162,6 +180,9 @@ class Node:
     async def start(self) -> None:
         """Restore the outbox into a fresh core, then start every transport."""
         self._loop = asyncio.get_running_loop()
+        self._sync_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"meshd-fsync-{self.address.short}"
+        )
         now = self._now()
         self._core = MeshCore(self.identity, now=now, rng=self._rng, config=self._core_config)
         self._restore_outbox(now)
@@ -198,13 +219,22 @@ class Node:
         for handle in (self._pump_handle, self._timer, self._maintenance):
             if handle is not None:
                 handle.cancel()
+        if self._syncing is not None:
+            with contextlib.suppress(StoreError):
+                await self._syncing
+        self._closed = True  # from here _start_sync keeps everything held for the close
         if self._core is not None:
             self._pump()
             self._snapshot_attempts()
-        self._closed = True
+        if self._sync_executor is not None:
+            self._sync_executor.shutdown(wait=True)
         self._wake_subscribers()
         try:
-            self.store.close()
+            self.store.close()  # commits and fsyncs
+            self._release_held(None)
+        except StoreError as exc:
+            self._release_held(exc)
+            raise
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -311,16 +341,73 @@ class Node:
                     w.set_exception(exc)
             self._arm_timer()
             return
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
         if new_events:
             self._wake_subscribers()
-        for link_id, data in core.frames_to_send():
+        frames = core.frames_to_send()
+        durable, self.store.durable_pending = self.store.durable_pending, False
+        if durable or self._syncing is not None or self._held_frames or self._held_waiters:
+            # Behind an fsync: this pump's own, or an earlier one (keeps frame order).
+            self._held_frames.extend(frames)
+            self._held_waiters.extend(waiters)
+            self._held_durable |= durable
+            self._start_sync()
+        else:
+            self._send_frames(frames)
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+        self._arm_timer()
+
+    def _send_frames(self, frames: list[tuple[LinkId, bytes]]) -> None:
+        for link_id, data in frames:
             entry = self._links.get(link_id)
             if entry is not None:
                 entry[0].send(data)
-        self._arm_timer()
+
+    def _start_sync(self) -> None:
+        """fsync the WAL in the worker thread for what is held now (one at a time)."""
+        if self._syncing is not None or self._closed or self._sync_executor is None:
+            return
+        assert self._loop is not None
+        if not self._held_durable:  # held only for ordering: nothing new to sync
+            self._release_held(None)
+            return
+        frames, waiters = self._held_frames, self._held_waiters
+        self._held_frames, self._held_waiters, self._held_durable = [], [], False
+        fut = self._loop.run_in_executor(self._sync_executor, self.store.sync_wal)
+        self._syncing = fut
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._syncing = None
+            exc = f.exception() if not f.cancelled() else Unavailable("fsync cancelled")
+            if exc is not None:
+                # Not on disk: keep the ACKs back (the peer retransmits), fail the replies.
+                self.log.error("store_sync_failed", error=str(exc))
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+            else:
+                self._send_frames(frames)
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+            if self._held_frames or self._held_waiters:
+                self._start_sync()
+
+        fut.add_done_callback(done)
+
+    def _release_held(self, exc: BaseException | None) -> None:
+        frames, waiters = self._held_frames, self._held_waiters
+        self._held_frames, self._held_waiters, self._held_durable = [], [], False
+        if exc is None:
+            self._send_frames(frames)
+        for w in waiters:
+            if w.done():
+                continue
+            if exc is None:
+                w.set_result(None)
+            else:
+                w.set_exception(exc)
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline()
@@ -348,13 +435,14 @@ class Node:
             cursor = store.set_outgoing_state(
                 event.message_id, event.state, event.reason, at=wall
             )
-            self.log.debug(
-                "delivery_state",
-                message_id=event.message_id.hex(),
-                peer=event.dst.short,
-                state=event.state.value,
-                reason=event.reason,
-            )
+            if self._debug:
+                self.log.debug(
+                    "delivery_state",
+                    message_id=event.message_id.hex(),
+                    peer=event.dst.short,
+                    state=event.state.value,
+                    reason=event.reason,
+                )
             return cursor is not None
         if isinstance(event, NeighbourUp | NeighbourDown):
             up = isinstance(event, NeighbourUp)
@@ -372,7 +460,8 @@ class Node:
                 store.set_path(event.dst, event.next_hop, event.hops, event.cost, now=wall)
                 detail = f"via {event.next_hop.text} hops={event.hops} cost={event.cost:.3g}"
             store.append_event(None, AppEventKind.PATH_CHANGED, wall, peer=event.dst, detail=detail)
-            self.log.debug("path_changed", peer=event.dst.short, detail=detail)
+            if self._debug:
+                self.log.debug("path_changed", peer=event.dst.short, detail=detail)
             return True
         if isinstance(event, PeerIdentityLearned):
             store.upsert_peer(event.identity, now=wall)
@@ -412,13 +501,14 @@ class Node:
             received_at=wall,
             hops=event.hops,
         )
-        self.log.debug(
-            "message_received" if record else "message_duplicate",
-            peer=event.src.short,
-            message_id=event.message_id.hex(),
-            app=env.app_id,
-            hops=event.hops,
-        )
+        if self._debug:
+            self.log.debug(
+                "message_received" if record else "message_duplicate",
+                peer=event.src.short,
+                message_id=event.message_id.hex(),
+                app=env.app_id,
+                hops=event.hops,
+            )
         return record is not None
 
     async def _durable(self) -> None:
@@ -505,14 +595,16 @@ class Node:
             message_id=message_id,
             app_id=app_id,
             dst=dst,
-            envelope=envelope,
             content=bytes(payload),
             created_at=created,
             expires_at=created + lifetime,
         )
         self._app_events_added = True
         await self._durable()
-        self.log.debug("message_queued", message_id=message_id.hex(), peer=dst.short, app=app_id)
+        if self._debug:
+            self.log.debug(
+                "message_queued", message_id=message_id.hex(), peer=dst.short, app=app_id
+            )
         return record
 
     def _default_lifetime(self) -> float:

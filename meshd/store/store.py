@@ -1,12 +1,16 @@
 """The node's SQLite store: outbox, message history, per-app event log, peers, paths, custody.
 
 One connection, used from the event-loop thread only. Writes open a transaction lazily;
-the node commits once per event-loop pass (group commit), and a commit returns only when
-the data is on disk (``synchronous=FULL``, see ``schema.open_database``).
+the node commits once per event-loop pass (group commit). A commit survives kill -9 as
+soon as it returns (the WAL is written); ``sync_wal`` (an fsync, safe to run in a worker
+thread) makes it survive power loss too. Writes that must survive both (a message accepted
+from an app, a message received from a peer) set ``durable_pending``: the node then holds
+the app's reply and the outgoing frames (the ACK) until ``sync_wal`` has returned.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +20,7 @@ from typing import Any
 
 from meshd.address import NodeAddress
 from meshd.crypto.identity import PublicIdentity
+from meshd.envelope import Envelope
 from meshd.errors import MeshdError, StoreError
 from meshd.node_api import AppEvent, AppEventKind, Direction, MessageRecord
 from meshd.router.events import DeliveryState
@@ -78,6 +83,12 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._wal_path = str(path) + "-wal"
+        # Set by writes that must reach the disk before anyone is told (see module doc).
+        self.durable_pending = False
+        # Outbox messages: message_id -> (history id, app id, dst), saves a SELECT per
+        # delivery state change (several per message).
+        self._inflight: dict[bytes, tuple[int, str, bytes]] = {}
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -94,9 +105,26 @@ class Store:
             with self._errors("commit"):
                 self._conn.execute("COMMIT")
 
+    def sync_wal(self) -> None:
+        """fsync the WAL: every commit so far survives power loss. Thread-safe (os calls
+        only); a checkpointed WAL was synced by SQLite itself before it was reused."""
+        try:
+            fd = os.open(self._wal_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot open {self._wal_path}: {exc.strerror}") from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StoreError(f"fsync {self._wal_path} failed: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         try:
             self.commit()
+            self.sync_wal()
         finally:
             self._conn.close()
 
@@ -123,6 +151,7 @@ class Store:
         return int(rows[0][0]) if rows else None
 
     def claim_app(self, app_id: str, uid: int, now: float) -> None:
+        self.durable_pending = True
         self._write(
             "INSERT OR IGNORE INTO apps (app_id, owner_uid, created_at) VALUES (?, ?, ?)",
             (app_id, uid, now),
@@ -135,17 +164,13 @@ class Store:
         message_id: bytes,
         app_id: str,
         dst: NodeAddress,
-        envelope: bytes,
         content: bytes,
         created_at: float,
         expires_at: float,
     ) -> MessageRecord:
-        """Outbox row + history row + a QUEUED event for the app; returns the record."""
-        self._write(
-            "INSERT INTO outbox (message_id, app_id, dst, payload, created_at, expires_at, "
-            "state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-            (message_id, app_id, dst.raw, envelope, created_at, expires_at, "queued"),
-        )
+        """History row + outbox row (pointing at it: the payload is stored once) + a
+        QUEUED event for the app; returns the record."""
+        self.durable_pending = True
         record = MessageRecord(
             message_id=message_id,
             app_id=app_id,
@@ -157,7 +182,13 @@ class Store:
             reason=None,
             hops=None,
         )
-        cursor = self._add_history(record, AppEventKind.DELIVERY_STATE, created_at)
+        history_id, cursor = self._add_history(record, AppEventKind.DELIVERY_STATE, created_at)
+        self._write(
+            "INSERT INTO outbox (message_id, history_id, app_id, dst, created_at, expires_at, "
+            "state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            (message_id, history_id, app_id, dst.raw, created_at, expires_at, "queued"),
+        )
+        self._inflight[message_id] = (history_id, app_id, dst.raw)
         return _with_cursor(record, cursor)
 
     def set_outgoing_state(
@@ -165,18 +196,22 @@ class Store:
     ) -> int | None:
         """Record a delivery state change and its event; the event cursor, or None when
         ``message_id`` is not a message of ours (then nothing is written)."""
-        rows = self._read(
-            "SELECT id, app_id, peer FROM history WHERE message_id = ? AND direction = ?",
-            (message_id, Direction.OUTGOING.value),
-        )
-        if not rows:
-            return None
-        history_id, app_id, peer = rows[0]
+        known = self._inflight.get(message_id)
+        if known is None:
+            rows = self._read(
+                "SELECT id, app_id, peer FROM history WHERE message_id = ? AND direction = ?",
+                (message_id, Direction.OUTGOING.value),
+            )
+            if not rows:
+                return None
+            known = (int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2]))
+        history_id, app_id, peer = known
         self._write(
             "UPDATE history SET state = ?, reason = ? WHERE id = ?",
             (state.value, reason, history_id),
         )
         if state.is_final:
+            self._inflight.pop(message_id, None)
             self._write("DELETE FROM outbox WHERE message_id = ?", (message_id,))
         else:
             self._write(
@@ -202,24 +237,28 @@ class Store:
         good: list[StoredOutbox] = []
         bad: list[str] = []
         for row in self._read(
-            "SELECT message_id, app_id, dst, payload, created_at, expires_at, state, attempts "
-            "FROM outbox ORDER BY created_at"
+            "SELECT o.message_id, o.app_id, o.dst, h.payload, o.created_at, o.expires_at, "
+            "o.state, o.attempts, o.history_id FROM outbox o LEFT JOIN history h "
+            "ON h.id = o.history_id ORDER BY o.created_at"
         ):
             try:
-                good.append(
-                    StoredOutbox(
-                        message_id=_blob(row[0], 8, "message_id"),
-                        app_id=str(row[1]),
-                        dst=NodeAddress(bytes(row[2])),
-                        payload=bytes(row[3]),
-                        created_at=float(row[4]),
-                        expires_at=float(row[5]),
-                        state=DeliveryState(row[6]),
-                        attempts=int(row[7]),
-                    )
+                if row[3] is None:
+                    raise StoreError(f"its history row {row[8]} is missing")
+                entry = StoredOutbox(
+                    message_id=_blob(row[0], 8, "message_id"),
+                    app_id=str(row[1]),
+                    dst=NodeAddress(bytes(row[2])),
+                    payload=Envelope(str(row[1]), bytes(row[3])).encode(),
+                    created_at=float(row[4]),
+                    expires_at=float(row[5]),
+                    state=DeliveryState(row[6]),
+                    attempts=int(row[7]),
                 )
             except (MeshdError, ValueError, TypeError) as exc:
                 bad.append(f"outbox row message_id={_hex(row[0])}: {exc}")
+                continue
+            good.append(entry)
+            self._inflight[entry.message_id] = (int(row[8]), entry.app_id, entry.dst.raw)
         return good, bad
 
     def outbox_count(self) -> int:
@@ -255,10 +294,14 @@ class Store:
         )
         if dup:
             return None
-        cursor = self._add_history(record, AppEventKind.MESSAGE_RECEIVED, received_at)
+        self.durable_pending = True
+        _, cursor = self._add_history(record, AppEventKind.MESSAGE_RECEIVED, received_at)
         return _with_cursor(record, cursor)
 
-    def _add_history(self, rec: MessageRecord, kind: AppEventKind, at: float) -> int:
+    def _add_history(
+        self, rec: MessageRecord, kind: AppEventKind, at: float
+    ) -> tuple[int, int]:
+        """Insert the history row and its event; (history id, event cursor)."""
         cur = self._write(
             "INSERT INTO history (cursor, message_id, app_id, direction, peer, payload, "
             "created_at, state, reason, hops) VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -275,11 +318,12 @@ class Store:
             ),
         )
         history_id = cur.lastrowid
+        assert history_id is not None
         cursor = self.append_event(
             rec.app_id, kind, at, history_id=history_id, state=rec.state, peer=rec.peer
         )
         self._write("UPDATE history SET cursor = ? WHERE id = ?", (cursor, history_id))
-        return cursor
+        return history_id, cursor
 
     # --- history -------------------------------------------------------------------
     def history(

@@ -13,6 +13,7 @@ import pytest
 
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity
+from meshd.envelope import Envelope
 from meshd.errors import FailedPrecondition, StoreError
 from meshd.node_api import AppEventKind, Direction, MessageRecord
 from meshd.router.events import DeliveryState
@@ -38,7 +39,6 @@ def _send(
         message_id=mid,
         app_id=app,
         dst=dst,
-        envelope=b"\x01env" + mid,
         content=b"hello " + mid,
         created_at=at,
         expires_at=at + 100,
@@ -58,7 +58,8 @@ def test_outgoing_lifecycle(store: Store) -> None:
     assert rec.state is DeliveryState.QUEUED and rec.cursor is not None
     rows, bad = store.outbox()
     assert bad == [] and [r.message_id for r in rows] == [b"m" * 8]
-    assert rows[0].payload == b"\x01env" + b"m" * 8 and rows[0].dst == A
+    assert rows[0].payload == Envelope("chat", b"hello " + b"m" * 8).encode()
+    assert rows[0].dst == A
     c1 = store.set_outgoing_state(b"m" * 8, DeliveryState.SENT, None, at=2.0)
     c2 = store.set_outgoing_state(b"m" * 8, DeliveryState.DELIVERED, None, at=3.0)
     assert c1 is not None and c2 is not None and rec.cursor < c1 < c2
@@ -134,6 +135,18 @@ def test_retention_keeps_cursor_increasing(store: Store) -> None:
     assert new == 51  # AUTOINCREMENT: never reuses a pruned cursor
 
 
+def test_durable_pending_flags_what_must_reach_disk(store: Store) -> None:
+    store.set_path(A, B, 1, 1.0, now=1.0)
+    assert not store.durable_pending  # routing state may be lost: it is relearnt
+    _send(store, b"p" * 8)
+    assert store.durable_pending
+    store.durable_pending = False
+    store.add_incoming(message_id=b"q" * 8, app_id="x", src=B, content=b"", received_at=1, hops=0)
+    assert store.durable_pending
+    store.commit()
+    store.sync_wal()
+
+
 def test_commit_is_durable_across_reopen(tmp_path: Path) -> None:
     s = Store.open(tmp_path / "db")
     _send(s, b"d" * 8)
@@ -181,14 +194,17 @@ def test_peers_paths_custody(store: Store) -> None:
 
 def test_bad_outbox_row_is_reported_and_kept(store: Store) -> None:
     _send(store, b"g" * 8)
+    store._write("INSERT INTO outbox VALUES (?, 1, 'chat', ?, 1, 2, 'bogus', 0)", (b"b" * 8, A.raw))
     store._write(
-        "INSERT INTO outbox VALUES (?, 'chat', ?, x'00', 1, 2, 'bogus', 0)", (b"b" * 8, A.raw)
+        "INSERT INTO outbox VALUES (?, 99, 'chat', ?, 1, 2, 'queued', 0)", (b"c" * 8, A.raw)
     )
     store.commit()
     rows, bad = store.outbox()
     assert [r.message_id for r in rows] == [b"g" * 8]
-    assert len(bad) == 1 and "6262626262626262" in bad[0] and "bogus" in bad[0]
-    assert store.outbox_count() == 2  # nothing deleted
+    assert len(bad) == 2
+    assert "6262626262626262" in bad[0] and "bogus" in bad[0]
+    assert "6363636363636363" in bad[1] and "history row 99 is missing" in bad[1]
+    assert store.outbox_count() == 3  # nothing deleted
 
 
 def test_bad_history_row_raises_clear_error(store: Store) -> None:
