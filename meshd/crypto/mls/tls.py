@@ -12,7 +12,6 @@ Decoded values are plain Python data: ``int``, ``bytes``, ``list``, ``None`` and
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -196,21 +195,6 @@ class Empty(Codec):
             raise WireError("expected no value for an empty variant", field=field)
 
 
-class Lazy(Codec):
-    """Defers to a codec built later (for definitions that refer forward)."""
-
-    __slots__ = ("_get",)
-
-    def __init__(self, get: Callable[[], Codec]) -> None:
-        self._get = get
-
-    def decode(self, r: Reader, field: str) -> Any:
-        return self._get().decode(r, field)
-
-    def encode(self, value: Any, out: list[bytes], field: str) -> None:
-        self._get().encode(value, out, field)
-
-
 class Switch:
     """A ``select`` inside a struct: the arm is chosen from fields decoded before it."""
 
@@ -266,11 +250,3 @@ U32 = UInt(4)
 U64 = UInt(8)
 OPAQUE = Opaque()
 EMPTY = Empty()
-
-
-def u16_at(data: bytes, offset: int, field: str) -> int:
-    """Read one big-endian uint16 without building a reader (hot paths)."""
-    if offset + 2 > len(data):
-        raise WireError("truncated", field=field)
-    value: int = struct.unpack_from(">H", data, offset)[0]
-    return value
