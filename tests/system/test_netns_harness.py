@@ -4,6 +4,7 @@ what was asked, and nothing is left behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshd.errors import InvalidArgument
-from meshd.testing.netns import NetnsLab, chain, reap_stale
+from meshd.testing.netns import NetnsLab, chain, reap_stale, unavailable_reason
 from tests.system.conftest import LabFactory
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
@@ -147,3 +148,11 @@ def test_stale_namespaces_of_dead_runs_are_reaped() -> None:
         assert _our_namespaces(stale) == []
     finally:
         subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+
+
+def test_without_root_the_reason_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "root" in (unavailable_reason() or "")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "nft" else "/bin/x")
+    assert "nft" in (unavailable_reason() or "")
