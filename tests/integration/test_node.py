@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from meshd.crypto.identity import Identity
-from meshd.errors import InvalidArgument, NotFound, PermissionDenied
+from meshd.errors import InvalidArgument, NotFound, PermissionDenied, StoreError
 from meshd.logging import make_logger
 from meshd.node import Node
 from meshd.node_api import AppEvent, AppEventKind, Caller, Direction
@@ -267,5 +268,61 @@ async def test_lossy_link_delivers_all_exactly_once(tmp_path: Path) -> None:
         assert sorted(int(e.message.payload) for e in got if e.message) == list(range(n))
     finally:
         await events.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b.stop()
+
+
+async def test_ack_waits_for_the_receivers_fsync(tmp_path: Path) -> None:
+    """B must not acknowledge a message before it is on B's disk."""
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    gate = threading.Event()
+    real_sync = b.store.sync_wal
+    synced: list[float] = []
+
+    def slow_sync() -> None:
+        gate.wait(10)
+        real_sync()
+        synced.append(time.monotonic())
+
+    b.store.sync_wal = slow_sync  # type: ignore[method-assign]
+    a_events = a.subscribe(CHAT, after_cursor=None)
+    try:
+        rec = await a.send_message(CHAT, b.address, b"durable first", lifetime_s=None)
+        await asyncio.sleep(0.5)
+        assert a.get_message(CHAT, rec.message_id).state is not DeliveryState.DELIVERED
+        gate.set()
+        ack = await wait_for(a_events, delivered)
+        assert ack.message is not None and ack.message.message_id == rec.message_id
+        assert synced, "the ACK arrived without B's fsync"
+    finally:
+        gate.set()
+        await a_events.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b.stop()
+
+
+async def test_failed_fsync_fails_the_send(tmp_path: Path) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    sent_before = sum(end.sent for end in (w.end_of(ta) for w in ta.wires))
+
+    def broken_sync() -> None:
+        raise StoreError("fsync failed: disk on fire")
+
+    a.store.sync_wal = broken_sync  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StoreError, match="disk on fire"):
+            await a.send_message(CHAT, b.address, b"x", lifetime_s=None)
+        sent_after = sum(end.sent for end in (w.end_of(ta) for w in ta.wires))
+        assert sent_after == sent_before  # the DATA frame was held back
+    finally:
+        a.store.sync_wal = lambda: None  # type: ignore[method-assign]
         await a.stop()
         await b.stop()
