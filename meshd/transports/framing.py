@@ -52,13 +52,14 @@ def encode_record(record_type: int, body: bytes) -> bytes:
 class RecordDecoder:
     """Incremental decoder: feed it what ``data_received`` got, get whole records back."""
 
-    __slots__ = ("_buf", "_max_body")
+    __slots__ = ("_buf", "_max_body", "_need")
 
     def __init__(self, max_body: int = MAX_RECORD_BODY) -> None:
         if not 0 < max_body <= MAX_LENGTH:
             raise WireError("record bound out of range", field="max_body")
         self._buf = bytearray()
         self._max_body = max_body
+        self._need = 0  # bytes the buffered partial record needs in total (0: unknown)
 
     @property
     def buffered(self) -> int:
@@ -66,14 +67,20 @@ class RecordDecoder:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes, bytes]]:
         """Return ``(type, header, body)`` for every complete record now buffered."""
-        buf = self._buf
-        buf += data
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []  # still inside one big record: do not re-copy what we have
+            src = bytes(self._buf)  # one copy, only when a record straddled two reads
+        else:
+            src = data  # common case: slice records straight out of the read (no buffer)
+        self._need = 0
         out: list[tuple[int, bytes, bytes]] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
         max_body = self._max_body
         while end - pos >= HEADER_LEN:
-            (word,) = _HEADER.unpack_from(buf, pos)
+            (word,) = _HEADER.unpack_from(src, pos)
             rtype = word >> 24
             length = word & MAX_LENGTH
             if rtype not in _KNOWN_TYPES:
@@ -83,12 +90,12 @@ class RecordDecoder:
                     f"record of {length} bytes exceeds the bound of {max_body}",
                     field="record.length",
                 )
-            stop = pos + HEADER_LEN + length
-            if stop > end:
-                break
             body_at = pos + HEADER_LEN
-            out.append((rtype, bytes(buf[pos:body_at]), bytes(buf[body_at:stop])))
+            stop = body_at + length
+            if stop > end:
+                self._need = stop - pos
+                break
+            out.append((rtype, src[pos:body_at], src[body_at:stop]))
             pos = stop
-        if pos:
-            del buf[:pos]
+        self._buf = bytearray(src[pos:]) if pos < end else bytearray()
         return out

@@ -332,6 +332,7 @@ class InetTransport(Transport):
     async def start(self, events: LinkEvents) -> None:
         self._events = events
         self._state = TransportState.STARTING
+        self._problems.clear()
         loop = asyncio.get_running_loop()
         for host, port in self._listen:
             try:

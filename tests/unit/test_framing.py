@@ -77,3 +77,19 @@ def test_garbage_only_raises_wire_error(data: bytes) -> None:
     with contextlib.suppress(WireError):
         for rtype, header, body in RecordDecoder(max_body=4096).feed(data):
             assert len(header) == 4 and rtype in set(RecordType) and len(body) <= 4096
+
+
+def test_big_record_in_pieces_then_a_split_header_then_a_small_record() -> None:
+    big = encode_record(RecordType.DATA, b"B" * 60000)
+    small = encode_record(RecordType.PING, b"s")
+    decoder = RecordDecoder()
+    got = []
+    for i in range(0, len(big), 1000):
+        got += decoder.feed(big[i : i + 1000])
+    assert [body for _, _, body in got] == [b"B" * 60000]
+    assert decoder.feed(small[:2]) == []
+    assert [body for _, _, body in decoder.feed(small[2:])] == [b"s"]
+    # A whole record after a completed big one plus a 2-byte tail is not held back.
+    assert len(decoder.feed(big + small[:2])) == 1
+    assert [body for _, _, body in decoder.feed(small[2:] + small)] == [b"s", b"s"]
+    assert decoder.buffered == 0
