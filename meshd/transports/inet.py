@@ -473,8 +473,8 @@ class InetTransport(Transport):
                 await conn.done
                 if loop.time() - started > self.config.backoff_max:
                     delay = self.config.backoff_initial  # it was a good link: retry fast
-                continue
-            if conn is not None and conn._peer is not None:
+                # else: a link that keeps dying young backs off like a failed dial
+            elif conn is not None and conn._peer is not None:
                 learned = conn._peer.address  # proven, but closed as duplicate or self
                 if learned == self.identity.address:
                     self._log.warning("inet.peer_is_self", host=host, port=port)
