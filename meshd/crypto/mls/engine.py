@@ -15,7 +15,10 @@ Conventions:
   one, and the same commit bytes go to every other member.
 * Errors are :mod:`meshd.errors` classes: ``InvalidArgument`` (bad input, ``field`` set),
   ``NotFound`` (unknown group or member), ``CryptoError`` (state forbids the operation),
-  ``UndecryptableError`` (incoming message refused: tampered, replayed, stale, forged).
+  ``UndecryptableError`` (incoming message refused: tampered, replayed, stale, forged),
+  ``EpochAheadError`` (message from a later epoch: apply the missing commits first).
+* Concurrent commits from a partition fork the group; which branch wins is the daemon's
+  rule, and :meth:`MlsEngine.rollback` lets the losing side return to the fork epoch.
 * Engines are not thread-safe; one engine per node, driven from one event loop.
 """
 
