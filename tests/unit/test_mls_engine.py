@@ -3,10 +3,13 @@ exporter agreement, tampered/replayed/forged ciphertexts, restart."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.crypto.identity import Identity
 from meshd.crypto.mls import wire
@@ -408,3 +411,39 @@ def test_late_message_from_previous_epoch_opens_once(make: Factory) -> None:
     a = make("a")
     with pytest.raises(UndecryptableError):
         a.process(late)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["send", "update"]), st.integers(min_value=0, max_value=2)),
+        max_size=6,
+    )
+)
+def test_random_sends_and_updates_keep_members_in_agreement(ops: list[tuple[str, int]]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        engines = [MlsRsEngine(Path(d) / str(i), Identity.generate()) for i in range(3)]
+        a = engines[0]
+        group = a.create_group()
+        kps = [e.generate_key_package(now=NOW).data for e in engines[1:]]
+        out = a.add_members(group, kps, now=NOW)
+        assert out.welcome is not None
+        for e in engines[1:]:
+            e.join_group(out.welcome, now=NOW)
+        for n, (op, who) in enumerate(ops):
+            actor = engines[who]
+            others = [e for e in engines if e is not actor]
+            if op == "send":
+                text = b"message %d" % n
+                ciphertext = actor.encrypt(group, text)
+                for e in others:
+                    got = app(e, ciphertext)
+                    assert (got.plaintext, got.sender.node_key) == (text, actor.node_key)
+            else:
+                update = actor.self_update(group).commit
+                for e in others:
+                    assert commit(e, update).epoch == actor.epoch(group)
+        assert len({e.epoch(group) for e in engines}) == 1
+        assert len({e.export_secret(group, b"agree", b"", 32) for e in engines}) == 1
+        for e in engines:
+            e.close()
