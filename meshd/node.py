@@ -499,7 +499,9 @@ class Node:
             src=event.src,
             content=env.content,
             received_at=wall,
-            hops=event.hops,
+            # The core counts relays passed (frame header); apps get links travelled, the
+            # same unit as RouteInfo.hops: a direct neighbour's message took 1 hop.
+            hops=event.hops + 1,
         )
         if self._debug:
             self.log.debug(

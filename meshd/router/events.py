@@ -33,7 +33,7 @@ class MessageReceived:
     src: NodeAddress
     message_id: bytes
     payload: bytes
-    hops: int
+    hops: int  # the frame header's hop count: relays passed, 0 from a direct neighbour
 
 
 @dataclass(frozen=True, slots=True)

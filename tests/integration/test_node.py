@@ -84,6 +84,7 @@ async def test_two_nodes_exchange_and_ack(tmp_path: Path) -> None:
         assert got.message is not None
         assert got.message.payload == b"hello b" and got.message.peer == a.address
         assert got.message.app_id == "chat" and got.message.message_id == rec.message_id
+        assert got.message.hops == 1
         ack = await wait_for(a_events, delivered)
         assert ack.message is not None and ack.message.message_id == rec.message_id
         assert a.get_message(CHAT, rec.message_id).state is DeliveryState.DELIVERED
@@ -112,9 +113,7 @@ async def test_three_hops_chain(tmp_path: Path) -> None:
         rec = await a.send_message(CHAT, d.address, b"over three hops", lifetime_s=60)
         got = await wait_for(d_events, received)
         assert got.message is not None and got.message.payload == b"over three hops"
-        # The core reports the frame header's hop count: relays passed (B and C), i.e.
-        # links travelled minus one.
-        assert got.message.hops == 2
+        assert got.message.hops == 3  # links travelled (the core's count is relays: 2)
         ack = await wait_for(a_events, delivered)
         assert ack.message is not None and ack.message.message_id == rec.message_id
         route = next(r for r in a.routes() if r.dst == d.address)
