@@ -117,6 +117,7 @@ class MeshCore:
         endpoint_factory: EndpointFactory | None = None,
     ) -> None:
         self._config = config or CoreConfig()
+        self._now = now
         self._identity = identity
         factory = endpoint_factory or _default_endpoint
         self._endpoint = factory(identity, rng, self._config)
@@ -194,6 +195,7 @@ class MeshCore:
 
     def _pump(self, now: float) -> None:
         """Route what the endpoint wants originated now (first sends, retries, ACKs...)."""
+        self._now = max(self._now, now)
         router = self._router
         for frame in self._endpoint.poll(now=now, can_route=router.can_route):
             router.originate(frame, now=now)
@@ -226,9 +228,11 @@ class MeshCore:
         return self._router.neighbour_infos()
 
     def routes(self) -> list[RouteInfo]:
+        """Usable paths as of the last input (direct neighbours are not listed)."""
         router = self._router
-        now = float("-inf")
-        return [r.info() for r in router.table.routes(now=now) if r.link_id in router.neighbours]
+        return [
+            r.info() for r in router.table.routes(now=self._now) if r.link_id in router.neighbours
+        ]
 
     def outbox(self) -> list[OutboxEntry]:
         return self._endpoint.outbox()

@@ -276,9 +276,9 @@ class Router(RouterBase):
         self.flood_seen.add(request_id, now=now)
         origin_seq = self.own.bump()
         last = self.table.last_seq(dst)
-        flags = (PREQ_UNKNOWN_SEQ if last is None else 0) | (
-            PREQ_FULL if discovery.tries > 1 else 0
-        )
+        full = self.config.full_flood_retry and discovery.tries > 1
+        flags = (PREQ_UNKNOWN_SEQ if last is None else 0) | (PREQ_FULL if full else 0)
+        self.stats.count_event("discovery_try" if discovery.tries > 1 else "discovery")
         request = PathRequest(origin_seq, last or 0, 0, flags, (), self.own.encoded())
         frame = Frame(
             FrameType.PATH_REQUEST, request_id, self.address, dst, b"",
@@ -291,7 +291,11 @@ class Router(RouterBase):
     def broadcast_request(self, frame: Frame, request: PathRequest, targets: list[LinkId]) -> None:
         if not targets:
             return
+        # Every neighbour has been sent this request: the targets by us now, the others
+        # by a copy we heard (that is why they are not targets), so all are covered.
         covered = [self.prefix] + [self.neighbours[t].prefix for t in targets]
+        target_set = set(targets)
+        covered += [n.prefix for lid, n in self.neighbours.items() if lid not in target_set]
         body = PathRequest(
             request.origin_seq, request.dst_seq, request.cost, request.flags & ~PREQ_LEAF,
             tuple(covered[:MAX_NEIGHBOURS_LISTED]), request.origin_announce,
@@ -311,6 +315,7 @@ class Router(RouterBase):
             self.send_path_request(dst, now=now)
             return
         del self.discoveries[dst]
+        self.stats.count_event("discovery_failed")
         low, high = self.config.discovery_backoff
         previous = self.backoff.get(dst)
         period = min(high, previous[1] * 2) if previous is not None else low
