@@ -110,6 +110,14 @@ def test_loss_drops_about_the_asked_share_each_way(make_lab: LabFactory) -> None
         lab.set_loss("a", "b", 101)
 
 
+def test_link_down_cuts_and_link_up_restores(make_lab: LabFactory) -> None:
+    lab = make_lab(["a", "b"], [("a", "b")], ipv4=True)
+    lab.link_down("a", "b")
+    assert _udp(lab, "a", "b", lab.ipv4("b", "a"), 10) == 0
+    lab.link_up("a", "b")
+    assert _udp(lab, "a", "b", lab.ipv4("b", "a"), 10) == 10
+
+
 def _our_namespaces(tag: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(tag)]
