@@ -29,6 +29,9 @@ class RetryPolicy:
     backoff_factor: float = 2.0
     backoff_cap: float = 300.0
     jitter: float = 0.2  # +-20 %, so that many senders do not retry in lock step
+    # A frame sent with no known route waits for the router's discovery (2.5 s doubling,
+    # 3 tries: 17.5 s) before the end-to-end layer tries again.
+    unroutable_wait: float = 30.0
     custody_first_try: float = 5.0  # a relay that just failed to route waits a little
     probe_interval: float = 300.0  # custodian: unroutable destinations probed this often
     held_probe_interval: float = 600.0  # sender: re-probe a held message when a path appears

@@ -30,6 +30,7 @@ class HeldFrame:
     handoffs: int = 0
     last_handoff_at: float | None = None
     route_failed: bool = False
+    in_router: bool = False  # originated, the router has not sent it on or given up
 
     @property
     def key(self) -> CustodyKey:

@@ -34,6 +34,7 @@ class OutgoingMessage:
     attempts: int = 0  # DATA frames originated so far (header ``attempt`` = attempts-1 mod 256)
     last_sent_at: float | None = None
     route_failed: bool = False  # the router could not route the last attempt
+    in_router: bool = False  # originated, the router has not sent it on or given up
     custodian: NodeAddress | None = None
     last_probe_at: float | None = None  # held messages: last re-probe
 

@@ -201,9 +201,29 @@ class Endpoint:
     def on_transmitted(self, frame_id: bytes, *, now: float) -> None:
         """The router handed our DATA frame to a link."""
         message = self._outbox.get(frame_id)
-        if message is not None:
-            message.route_failed = False
-            self._advance(message, DeliveryState.SENT)
+        if message is None:
+            self._custody_transmitted(frame_id, now)
+            return
+        message.route_failed = False
+        message.in_router = False
+        self._advance(message, DeliveryState.SENT)
+        if message.state is DeliveryState.HELD_BY_CUSTODIAN or message.attempts == 0:
+            return
+        # The end-to-end clock starts when the frame leaves, not while the router was
+        # still discovering a path for it.
+        message.last_sent_at = now
+        if self._retry.due_at(frame_id) is not None:
+            self._retry.set(frame_id, now + self._retry_delay(message))
+
+    def _custody_transmitted(self, frame_id: bytes, now: float) -> None:
+        for held in self._custody.with_id(frame_id):
+            if held.handoffs and self._handoff.due_at(held.key) is not None:
+                held.last_handoff_at = now
+                held.route_failed = False
+                held.in_router = False
+                delay = backoff_delay(self._rtt.rto(held.frame.dst), held.handoffs - 1,
+                                      self._policy, self._rng)
+                self._handoff.set(held.key, now + delay)
 
     def on_next_hop_acked(self, frame_id: bytes, *, now: float) -> None:
         """The first hop confirmed it took our DATA frame."""
@@ -216,14 +236,18 @@ class Endpoint:
         message = self._outbox.get(frame_id)
         if message is not None:
             message.route_failed = True
+            message.in_router = False
             return
         for held in self._custody.with_id(frame_id):
             held.route_failed = True
+            held.in_router = False
 
     def path_available(self, dst: NodeAddress, *, now: float) -> None:
-        """A path to ``dst`` appeared: retry its messages soon (not twice within min_rto)."""
+        """A path to ``dst`` appeared: retry what waits for it now, unless a copy is on
+        its way (the router flushes what it buffered itself) or left less than an RTO ago.
+        """
         self._probe_until.pop(dst, None)
-        gap = self._policy.min_rto
+        rto, wait = self._rtt.rto(dst), self._policy.unroutable_wait
         for message in self._outbox.for_dst(dst):
             if message.state is DeliveryState.HELD_BY_CUSTODIAN:
                 # The custodian delivers; one re-probe lets the destination's re-ACK reach
@@ -232,11 +256,17 @@ class Endpoint:
                 if last is None or now - last >= self._policy.held_probe_interval:
                     self._retry.set(message.message_id, now)
                 continue
-            self._pull_forward(self._retry, message.message_id, now, message.last_sent_at,
-                               message.route_failed, gap)
+            when = _retry_at(now, message.last_sent_at, message.in_router,
+                             message.route_failed, rto, wait)
+            due = self._retry.due_at(message.message_id)
+            if when is not None and (due is None or due > when):
+                self._retry.set(message.message_id, when)
         for held in self._custody.for_dst(dst):
-            self._pull_forward(self._handoff, held.key, now, held.last_handoff_at,
-                               held.route_failed, gap)
+            when = _retry_at(now, held.last_handoff_at, held.in_router, held.route_failed, rto,
+                             wait)
+            due = self._handoff.due_at(held.key)
+            if when is not None and (due is None or due > when):
+                self._handoff.set(held.key, when)
 
     # --- periodic work ------------------------------------------------------------
     def poll(self, *, now: float, can_route: Callable[[NodeAddress], bool]) -> list[Frame]:
@@ -343,13 +373,16 @@ class Endpoint:
             self.stats.duplicates += 1
         custodian = body.custodian
         if custodian is not None and custodian != self._address:
-            # The custodian deletes its copy on this receipt (we are the destination).
+            # A custodian's copy: our receipt lets it delete the copy, and it passes the
+            # receipt (signed by us: proof of delivery) on to the sender; an ACK of our own
+            # would only be a second notice of the same delivery.
             self._queue_receipt(frame.frame_id, frame.src, frame.dst, record.digest,
                                 custodian, now)
-        # ACK every copy (the first ACK may have been lost), but not a burst of copies.
-        elif now - record.last_ack_at < self._policy.reack_gap:
             return
-        if frame.flags & FrameFlags.ACK_REQUESTED:
+        # ACK every copy (the first ACK may have been lost), but not a burst of copies.
+        if frame.flags & FrameFlags.ACK_REQUESTED and now - record.last_ack_at >= (
+            self._policy.reack_gap
+        ):
             self._queue_ack(frame, record, now)
 
     def _on_ack(
@@ -394,6 +427,8 @@ class Endpoint:
         self._custody.remove(key)
         self._handoff.cancel(key)
         self.stats.custody_released += 1
+        if held.last_handoff_at is not None:
+            self._rtt.sample(held.frame.dst, now - held.last_handoff_at)
         if frame.src == held.frame.dst:
             # The destination's own receipt proves delivery: pass it on to the sender, who
             # may be back online (its ACK may have been lost while it was away).
@@ -509,20 +544,26 @@ class Endpoint:
             return None
         message.attempts += 1
         message.last_sent_at = now
+        message.in_router = True
         frame = self._own_frame(message, now)
         if held:
             message.last_probe_at = now
             return frame
-        delay = backoff_delay(self._rtt.rto(message.dst), message.attempts - 1,
-                              self._policy, self._rng)
-        self._retry.set(message.message_id, now + delay)
+        delay = self._retry_delay(message)
         if not routable:
+            # The router discovers a path first (seconds); do not retry into that.
+            delay = max(delay, self._policy.unroutable_wait)
             self._probe_until[message.dst] = now + delay
+        self._retry.set(message.message_id, now + delay)
         if message.attempts == 1:
             self.stats.data_originated += 1
         else:
             self.stats.retries += 1
         return frame
+
+    def _retry_delay(self, message: OutgoingMessage) -> float:
+        return backoff_delay(self._rtt.rto(message.dst), message.attempts - 1, self._policy,
+                             self._rng)
 
     def _own_frame(self, message: OutgoingMessage, now: float) -> Frame:
         """Our DATA frame for the current attempt (the caller counted it)."""
@@ -551,6 +592,7 @@ class Endpoint:
         held.handoffs += 1
         held.last_handoff_at = now
         held.route_failed = False
+        held.in_router = True
         self.stats.handoffs += 1
         delay = backoff_delay(self._rtt.rto(dst), held.handoffs - 1, self._policy, self._rng)
         self._handoff.set(held.key, now + delay)
@@ -559,20 +601,6 @@ class Endpoint:
     def _may_probe(self, dst: NodeAddress, now: float) -> bool:
         until = self._probe_until.get(dst)
         return until is None or until <= now
-
-    def _pull_forward(
-        self,
-        timers: DeadlineHeap[bytes] | DeadlineHeap[CustodyKey],
-        key: bytes | CustodyKey,
-        now: float,
-        last_sent: float | None,
-        route_failed: bool,
-        gap: float,
-    ) -> None:
-        earliest = now if route_failed or last_sent is None else max(now, last_sent + gap)
-        due = timers.due_at(key)  # type: ignore[arg-type]
-        if due is None or due > earliest:
-            timers.set(key, earliest)  # type: ignore[arg-type]
 
     def _expire(self, now: float) -> None:
         while (message_id := self._expiry.pop_due(now)) is not None:
@@ -643,3 +671,15 @@ class Endpoint:
     def _jitter(self) -> float:
         j = self._policy.jitter
         return self._rng.uniform(1.0 - j, 1.0 + j)
+
+
+def _retry_at(
+    now: float, last_sent: float | None, in_router: bool, route_failed: bool, rto: float,
+    router_wait: float,
+) -> float | None:
+    """When a path appears: None while the router still holds our copy, else how soon."""
+    if route_failed or last_sent is None:
+        return now
+    if in_router and now - last_sent < router_wait:
+        return None  # it flushes that copy itself now; another would be a duplicate
+    return max(now, last_sent + rto)

@@ -176,11 +176,51 @@ def test_unroutable_destination_probes_one_message_at_a_time() -> None:
     blocked = Wire([a, b])
     blocked.online = {a.address}
     blocked.run_until(100.0)
-    data = [f for f in blocked.sent if f.type is FrameType.DATA]
-    assert 1 <= len({f.frame_id for f in data}) <= 2  # probes, not 20 floods
-    assert len(data) < 10
+    times = [t for f, t in zip(blocked.sent, blocked.sent_at, strict=True)
+             if f.type is FrameType.DATA]
+    # One probe at a time per destination (the router floods/discovers with it), not 20.
+    assert 1 <= len(times) <= 5
+    assert all(t2 - t1 >= a.policy.unroutable_wait for t1, t2 in itertools.pairwise(times))
     a.path_available(b.address, now=100.0)
     wire = Wire([a, b], now=100.0)
     wire.run_until(105.0)
     assert len([e for e in drain(b) if isinstance(e, MessageReceived)]) == 20
     assert a.outbox() == []
+
+
+def test_the_retry_clock_starts_when_the_frame_leaves() -> None:
+    a, b = endpoint(1), endpoint(2)
+    mid = a.send(b.address, b"x", now=0.0, lifetime=None, message_id=None)
+    [first] = a.poll(now=0.0, can_route=lambda _d: False)  # the router will discover first
+    assert first.frame_id == mid
+    assert a.next_deadline() == pytest.approx(a.policy.unroutable_wait, abs=0.01)
+    a.on_transmitted(mid, now=12.0)  # discovery found a path after 12 s
+    deadline = a.next_deadline()
+    assert deadline is not None
+    assert 12.0 + 3.0 * 0.8 <= deadline <= 12.0 + 3.0 * 1.2
+    assert a.poll(now=13.0, can_route=always) == []
+    b.on_local_frame(first, now=12.5, key_of=no_keys)
+    [ack] = b.poll(now=12.5, can_route=always)
+    a.on_local_frame(ack, now=13.0, key_of=no_keys)
+    # RTT measured from the transmission (1 s), not from the send call (13 s).
+    a.send(b.address, b"y", now=20.0, lifetime=None, message_id=None)
+    a.poll(now=20.0, can_route=always)
+    deadline = a.next_deadline()
+    assert deadline is not None and deadline <= 20.0 + 3.0 * 1.2
+
+
+def test_path_available_does_not_duplicate_a_copy_the_router_still_holds() -> None:
+    a, b = endpoint(1), endpoint(2)
+    mid = a.send(b.address, b"x", now=0.0, lifetime=None, message_id=None)
+    [first] = a.poll(now=0.0, can_route=lambda _d: False)
+    # Discovery succeeded: the router flushes its buffered copy and says so.
+    a.path_available(b.address, now=2.0)
+    assert a.poll(now=2.0, can_route=always) == []
+    a.on_transmitted(mid, now=2.0)
+    # Next attempt: the router gives up on it, then a path appears: retry at once.
+    [second] = a.poll(now=10.0, can_route=always)
+    assert (first.attempt, second.attempt) == (0, 1)
+    a.on_route_failed(mid, now=10.5)
+    a.path_available(b.address, now=11.0)
+    [third] = a.poll(now=11.0, can_route=always)
+    assert third.attempt == 2
