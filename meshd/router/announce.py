@@ -114,11 +114,11 @@ class IdentityCache:
         announce = decode_announce(body)
         if announce.address != claimed:
             raise SignatureError("announce key does not match the source address", field="src")
-        if known is not None and known.body and not _newer(announce.seq, known.announce.seq):
-            # Same or older sequence number with different bytes: stale or replayed.
-            return known, False
         if not announce.verify():
             raise SignatureError("bad announce signature", field="signature")
+        if known is not None and known.body and not _newer(announce.seq, known.announce.seq):
+            # Genuine but not newer than what we hold (an older copy, e.g. in a path reply).
+            return known, False
         record = PeerRecord(announce.identity, announce, body)
         self._store(claimed, record)
         return record, True

@@ -425,15 +425,20 @@ class RouterBase:
             self.reject(link_id, f"malformed frame: {exc}")
 
     def dispatch(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
+        unicast = not (frame.flags & FrameFlags.FLOOD or frame.dst.is_broadcast)
         if frame.src == self.address and frame.type != FrameType.PATH_REQUEST:
-            return  # our own frame echoed back (flood or loop): never relay it again
+            # Our own frame came back (flood echo or a transient loop): never relay it
+            # again, but acknowledge a unicast copy so the neighbour stops retrying.
+            if unicast:
+                self.ack_frame(link_id, frame)
+            return
         if frame.type == FrameType.ANNOUNCE:
             self.handle_announce(link_id, frame, now=now)
             return
         if frame.type == FrameType.PATH_REQUEST:
             self.handle_path_request(link_id, frame, now=now)
             return
-        if frame.flags & FrameFlags.FLOOD or frame.dst.is_broadcast:
+        if not unicast:
             self.handle_flooded(link_id, frame, now=now)
             return
         # Unicast routed frame: LINK_ACK it (again, for duplicates), once accepted.

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from meshd.address import BROADCAST, NodeAddress
 from meshd.crypto.identity import Identity
 from meshd.router.announce import OwnAnnounce
@@ -137,3 +140,32 @@ def test_a_forged_reply_is_not_relayed() -> None:
     assert any(isinstance(e, FrameRejected) for e in fabric.events[1])
     assert cores[1].router.stats.tx.get("PATH_REPLY", 0) == 0
     assert all(r.dst != VICTIM.address for r in cores[0].routes() + cores[1].routes())
+
+
+_FUZZ_FABRIC, _FUZZ_CORES = build_mesh(2, [(0, 1)], seed=12)
+_GOOD = [
+    Frame(FrameType.DATA, b"f" * 8, _FUZZ_CORES[1].address, _FUZZ_CORES[0].address,
+          b"\x01" + bytes(20)).encode(),
+    Frame(FrameType.PATH_REQUEST, b"q" * 8, VICTIM.address, ATTACKER.address,
+          bytes(14)).encode(),
+    Frame(FrameType.ANNOUNCE, b"a" * 8, VICTIM.address, BROADCAST,
+          announce_body(VICTIM), ttl=1).encode(),
+    b"\x01\x40\x01" + bytes(9),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_receive_never_raises_on_arbitrary_or_mutated_input(data: st.DataObject) -> None:
+    core = _FUZZ_CORES[0]
+    link = core.neighbours()[0].link_id
+    raw = bytearray(data.draw(st.binary(max_size=300)))
+    if data.draw(st.booleans()):
+        raw = bytearray(data.draw(st.sampled_from(_GOOD)))
+        for _ in range(data.draw(st.integers(1, 4))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+        del raw[data.draw(st.integers(0, len(raw))) :]
+    core.receive(link, bytes(raw), now=_FUZZ_FABRIC.now)  # must not raise
+    core.frames_to_send()
+    while core.next_event() is not None:
+        pass
