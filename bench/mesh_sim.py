@@ -39,10 +39,11 @@ def scenarios(quick: bool, seed: int) -> tuple[Scenario, Scenario]:
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
-    keys = ("delivery_ratio", "delivered", "tx_per_delivered", "tx_total", "tx_by_type",
+    keys = ("delivery_ratio", "delivered", "tx_per_delivered", "tx_per_message", "tx_total",
+            "tx_by_type",
             "latency_p50_s", "latency_p95_s", "control_bytes_per_node_per_min",
-            "duplicates_to_app", "undelivered_by_state", "wall_s", "virtual_s",
-            "events_per_s", "peak_rss_mb", "partition", "relay_drops")
+            "duplicates_to_app", "acked", "sender_states", "undelivered_by_state", "wall_s",
+            "virtual_s", "events_per_s", "peak_rss_mb", "partition", "relay_drops")
     return {k: r[k] for k in keys if k in r}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from meshd.router.events import (
@@ -99,6 +100,13 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[int(rank) - 1]
 
 
+def _count(items: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _type_name(code: int) -> str:
     try:
         return FrameType(code).name.lower()
@@ -142,6 +150,7 @@ def summarize(log: MessageLog, counters: Counters, *, strategy: str, nodes: int,
         "latency_p95_s": None if p95 is None else round(p95, 4),
         "tx_per_delivered": round(counters.tx_total / delivered, 2) if delivered else None,
         "tx_total": counters.tx_total,
+        "tx_per_message": round(counters.tx_total / n_msgs, 2) if n_msgs else None,
         "tx_by_type": tx_by_type,
         "control_bytes_per_node_per_min": (
             round(control_bytes / nodes / minutes, 1) if minutes > 0 else None),
@@ -151,6 +160,7 @@ def summarize(log: MessageLog, counters: Counters, *, strategy: str, nodes: int,
         "virtual_s": round(virtual_s, 3),
         "seed": seed,
         "acked": sum(1 for s in log.state if s is DeliveryState.DELIVERED),
+        "sender_states": _count(s.value if s else "not_sent" for s in log.state),
         "undelivered_by_state": undelivered,
         "drops": dict(counters.drops),
         "rejected": dict(log.rejected),
