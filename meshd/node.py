@@ -137,6 +137,7 @@ class Node:
         self._sync_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._subscribers: set[asyncio.Event] = set()
         self._app_events_added = False  # by API calls between pumps
+        self._app_owners: dict[str, int] = {}
         self._started_at = time.time()
         self._running = False
         self._closed = False
@@ -562,11 +563,15 @@ class Node:
     def _authorize(self, caller: Caller) -> str:
         """The caller's app id, claimed for its uid on first use."""
         app_id = validate_app_id(caller.app_id)
-        owner = self.store.app_owner(app_id)
+        owner = self._app_owners.get(app_id)
+        if owner is None:
+            owner = self.store.app_owner(app_id)
         if owner is None:
             self.store.claim_app(app_id, caller.uid, time.time())
             self._schedule_pump()
-        elif owner != caller.uid and not caller.is_admin:
+            owner = caller.uid
+        self._app_owners[app_id] = owner  # owners never change: cache (one SELECT a call)
+        if owner != caller.uid and not caller.is_admin:
             raise PermissionDenied(
                 f"app id {app_id!r} belongs to uid {owner}, not {caller.uid}", field="app_id"
             )
