@@ -77,7 +77,7 @@ async def watch(ctx: Context, args: argparse.Namespace) -> int:
     stream = ctx.messaging.Subscribe(req, metadata=ctx.metadata)
     async for event in stream:
         ctx.print(fmt.to_json(event) if ctx.json else fmt.event_line(event))
-    return 0
+    raise CommandFailed("meshd closed the event stream (stopping?)")
 
 
 async def send(ctx: Context, args: argparse.Namespace) -> int:

@@ -78,6 +78,15 @@ def parse_message_id(text: str, *, field: str = "message_id") -> bytes:
     return bytes.fromhex(cleaned)
 
 
+MAX_CURSOR = 2**63 - 1  # cursors are SQLite INTEGERs
+
+
+def cursor_arg(value: int, *, field: str) -> int:
+    if value > MAX_CURSOR:
+        raise InvalidArgument(f"at most {MAX_CURSOR}", field=field)
+    return value
+
+
 def history_limit(limit: int) -> int:
     if limit == 0:
         return DEFAULT_HISTORY_LIMIT

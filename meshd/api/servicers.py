@@ -84,7 +84,11 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
         caller = self._callers.caller(context)
         peer = convert.parse_address(request.peer, field="peer") if request.peer else None
         limit = convert.history_limit(request.limit)
-        before = request.before_cursor if request.HasField("before_cursor") else None
+        before = (
+            convert.cursor_arg(request.before_cursor, field="before_cursor")
+            if request.HasField("before_cursor")
+            else None
+        )
         records = self._node.history(caller, peer=peer, limit=limit, before_cursor=before)
         return mpb.ListHistoryResponse(messages=[convert.message(m) for m in records])
 
@@ -92,7 +96,11 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
         self, request: mpb.SubscribeRequest, context: Any
     ) -> AsyncIterator[mpb.Event]:
         caller = self._callers.caller(context)
-        after = request.after_cursor if request.HasField("after_cursor") else None
+        after = (
+            convert.cursor_arg(request.after_cursor, field="after_cursor")
+            if request.HasField("after_cursor")
+            else None
+        )
         events = self._node.subscribe(caller, after_cursor=after)
         try:
             async for event in events:

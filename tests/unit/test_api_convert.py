@@ -55,6 +55,13 @@ def test_history_limit() -> None:
         convert.history_limit(1001)
 
 
+def test_cursor_bounds() -> None:
+    assert convert.cursor_arg(0, field="after_cursor") == 0
+    assert convert.cursor_arg(2**63 - 1, field="after_cursor") == 2**63 - 1
+    with pytest.raises(InvalidArgument, match=r"^before_cursor: at most"):
+        convert.cursor_arg(2**64 - 1, field="before_cursor")
+
+
 def test_lifetime() -> None:
     assert convert.lifetime_seconds(mpb.SendMessageRequest()) is None
     req = mpb.SendMessageRequest(lifetime=Duration(seconds=90, nanos=500_000_000))
