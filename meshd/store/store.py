@@ -86,9 +86,10 @@ class Store:
         self._wal_path = str(path) + "-wal"
         # Set by writes that must reach the disk before anyone is told (see module doc).
         self.durable_pending = False
-        # Outbox messages: message_id -> (history id, app id, dst), saves a SELECT per
-        # delivery state change (several per message).
-        self._inflight: dict[bytes, tuple[int, str, bytes]] = {}
+        # Outbox messages: message_id -> (history id, app id, dst, state), saves a SELECT
+        # per delivery state change (several per message) and drops repeats (the core
+        # reports QUEUED for a send that add_outgoing already recorded as QUEUED).
+        self._inflight: dict[bytes, tuple[int, str, bytes, DeliveryState]] = {}
         # The next event cursor, assigned here so a history row is written once with its
         # cursor. AUTOINCREMENT's sqlite_sequence also remembers pruned cursors.
         self._last_cursor = self._sequence("events")
@@ -197,24 +198,34 @@ class Store:
             "state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
             (message_id, history_id, app_id, dst.raw, created_at, expires_at, "queued"),
         )
-        self._inflight[message_id] = (history_id, app_id, dst.raw)
+        self._inflight[message_id] = (history_id, app_id, dst.raw, DeliveryState.QUEUED)
         return _with_cursor(record, cursor)
 
     def set_outgoing_state(
         self, message_id: bytes, state: DeliveryState, reason: str | None, *, at: float
     ) -> int | None:
         """Record a delivery state change and its event; the event cursor, or None when
-        ``message_id`` is not a message of ours (then nothing is written)."""
+        ``message_id`` is not a message of ours or the state is unchanged (then nothing is
+        written)."""
         known = self._inflight.get(message_id)
         if known is None:
             rows = self._read(
-                "SELECT id, app_id, peer FROM history WHERE message_id = ? AND direction = ?",
+                "SELECT id, app_id, peer, state FROM history "
+                "WHERE message_id = ? AND direction = ?",
                 (message_id, Direction.OUTGOING.value),
             )
             if not rows:
                 return None
-            known = (int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2]))
-        history_id, app_id, peer = known
+            try:
+                last = DeliveryState(rows[0][3])
+            except ValueError as exc:
+                raise StoreError(f"history row id={rows[0][0]}: {exc}") from exc
+            known = (int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2]), last)
+        history_id, app_id, peer, last = known
+        if state is last and reason is None:
+            return None
+        if not state.is_final:
+            self._inflight[message_id] = (history_id, app_id, peer, state)
         self._write(
             "UPDATE history SET state = ?, reason = ? WHERE id = ?",
             (state.value, reason, history_id),
@@ -269,7 +280,9 @@ class Store:
                 bad.append(f"outbox row message_id={_hex(row[0])}: {exc}")
                 continue
             good.append(entry)
-            self._inflight[entry.message_id] = (int(row[8]), entry.app_id, entry.dst.raw)
+            self._inflight[entry.message_id] = (
+                int(row[8]), entry.app_id, entry.dst.raw, entry.state
+            )
         return good, bad
 
     def outbox_count(self) -> int:

@@ -272,3 +272,17 @@ def test_state_lock_excludes_a_second_daemon(tmp_path: Path) -> None:
     first.release()
     second.acquire()
     second.release()
+
+
+def test_repeated_state_writes_nothing(store: Store) -> None:
+    _send(store, b"r" * 8)
+    before = store.last_cursor()
+    # The core reports QUEUED for the send that add_outgoing recorded as QUEUED.
+    assert store.set_outgoing_state(b"r" * 8, DeliveryState.QUEUED, None, at=2.0) is None
+    assert store.last_cursor() == before
+    assert store.set_outgoing_state(b"r" * 8, DeliveryState.SENT, None, at=3.0) == before + 1
+    assert store.set_outgoing_state(b"r" * 8, DeliveryState.SENT, None, at=4.0) is None
+    store.commit()
+    # After a restart (index rebuilt from the outbox rows) the same holds.
+    store._inflight.clear()
+    assert store.set_outgoing_state(b"r" * 8, DeliveryState.SENT, None, at=5.0) is None
