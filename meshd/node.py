@@ -302,7 +302,10 @@ class Node:
     def _frame_received(self, link_id: LinkId, frame: bytes) -> None:
         if link_id not in self._links or self._core is None:
             return
-        self._core.receive(link_id, frame, now=self._now())
+        try:
+            self._core.receive(link_id, frame, now=self._now())
+        except Exception:  # the core promises not to raise; a bug must not kill the link
+            self.log.exception("core_receive_failed", link=link_id, size=len(frame))
         self._schedule_pump()
 
     def _link_down(self, link_id: LinkId) -> None:
@@ -424,7 +427,10 @@ class Node:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
-        self.core.handle_timer(now=self._now())
+        try:
+            self.core.handle_timer(now=self._now())
+        except Exception:  # keep the node alive; the next event re-arms the timer
+            self.log.exception("core_timer_failed")
         self._pump()
 
     def _handle_event(self, event: CoreEvent, wall: float) -> bool:
