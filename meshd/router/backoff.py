@@ -33,7 +33,10 @@ class RetryPolicy:
     # 3 tries: 17.5 s) before the end-to-end layer tries again.
     unroutable_wait: float = 30.0
     custody_first_try: float = 5.0  # a relay that just failed to route waits a little
-    probe_interval: float = 300.0  # custodian: unroutable destinations probed this often
+    # Custodian: an unroutable destination is probed this often (+-jitter). Cheap: the
+    # router rate-limits discoveries per destination itself (10 s doubling to 300 s) and
+    # gives a probe up at once inside that backoff.
+    probe_interval: float = 120.0
     held_probe_interval: float = 600.0  # sender: re-probe a held message when a path appears
     restore_spread: float = 30.0  # restored messages are spread over up to this long
     seen_capacity: int = 65_536  # destination dedup entries (about 120 bytes each)

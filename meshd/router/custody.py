@@ -30,6 +30,7 @@ class HeldFrame:
     handoffs: int = 0
     last_handoff_at: float | None = None
     route_failed: bool = False
+    offer_id: bytes | None = None  # frame id of our last CUSTODY_OFFER carrying it
     in_router: bool = False  # originated, the router has not sent it on or given up
 
     @property
@@ -67,6 +68,7 @@ class CustodyStore:
         self._held: dict[CustodyKey, HeldFrame] = {}
         self._by_dst: dict[NodeAddress, set[CustodyKey]] = {}
         self._by_id: dict[bytes, set[CustodyKey]] = {}
+        self._by_offer: dict[bytes, CustodyKey] = {}  # id of the last offer sent per frame
         self._expiry: DeadlineHeap[CustodyKey] = DeadlineHeap()
 
     def __len__(self) -> int:
@@ -111,13 +113,29 @@ class CustodyStore:
             keys.discard(key)
             if not keys:
                 del self._by_id[held.frame.frame_id]
+        if held.offer_id is not None:
+            self._by_offer.pop(held.offer_id, None)
         return held
+
+    def set_offer_id(self, key: CustodyKey, offer_id: bytes) -> None:
+        held = self._held.get(key)
+        if held is None:
+            return
+        if held.offer_id is not None:
+            self._by_offer.pop(held.offer_id, None)
+        held.offer_id = offer_id
+        self._by_offer[offer_id] = key
 
     def for_dst(self, dst: NodeAddress) -> list[HeldFrame]:
         return [self._held[key] for key in self._by_dst.get(dst, ())]
 
     def with_id(self, frame_id: bytes) -> list[HeldFrame]:
-        return [self._held[key] for key in self._by_id.get(frame_id, ())]
+        """Held frames with this message id, or offered last in a frame with this id."""
+        found = [self._held[key] for key in self._by_id.get(frame_id, ())]
+        key = self._by_offer.get(frame_id)
+        if key is not None:
+            found.append(self._held[key])
+        return found
 
     def next_expiry(self) -> float | None:
         return self._expiry.peek()

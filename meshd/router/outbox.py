@@ -36,7 +36,7 @@ class OutgoingMessage:
     route_failed: bool = False  # the router could not route the last attempt
     in_router: bool = False  # originated, the router has not sent it on or given up
     custodian: NodeAddress | None = None
-    last_probe_at: float | None = None  # held messages: last re-probe
+    last_probe_at: float | None = None  # held messages: when held, then last re-probe
 
     @property
     def last_attempt_byte(self) -> int:

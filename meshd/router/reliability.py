@@ -250,8 +250,8 @@ class Endpoint:
         rto, wait = self._rtt.rto(dst), self._policy.unroutable_wait
         for message in self._outbox.for_dst(dst):
             if message.state is DeliveryState.HELD_BY_CUSTODIAN:
-                # The custodian delivers; one re-probe lets the destination's re-ACK reach
-                # us when its first ACK found us offline.
+                # The custodian delivers. Long after it took the message, one re-probe lets
+                # the destination's re-ACK reach us if its notice found us offline.
                 last = message.last_probe_at
                 if last is None or now - last >= self._policy.held_probe_interval:
                     self._retry.set(message.message_id, now)
@@ -414,7 +414,7 @@ class Endpoint:
     def _on_receipt(self, frame: Frame, now: float) -> None:
         body = decode_receipt_body(frame.body)
         if body.origin == self._address:
-            self._on_own_receipt(frame, body)
+            self._on_own_receipt(frame, body, now)
             return
         key = (body.origin, body.message_id)
         held = self._custody.get(key)
@@ -436,7 +436,7 @@ class Endpoint:
                               self._address, body.origin, frame.body,
                               ttl=self._config.default_ttl), now)
 
-    def _on_own_receipt(self, frame: Frame, body: CustodyReceiptBody) -> None:
+    def _on_own_receipt(self, frame: Frame, body: CustodyReceiptBody, now: float) -> None:
         message = self._outbox.get(body.message_id)
         if message is None:
             self.stats.receipts_unknown += 1
@@ -452,6 +452,8 @@ class Endpoint:
         self._retry.cancel(message.message_id)
         if STATE_RANK[message.state] < STATE_RANK[DeliveryState.HELD_BY_CUSTODIAN]:
             message.custodian = signer
+            # The custodian delivers; re-probe only if a path appears much later.
+            message.last_probe_at = now
             self._advance(message, DeliveryState.HELD_BY_CUSTODIAN)
 
     def _on_offer(self, frame: Frame, now: float) -> None:
@@ -527,10 +529,12 @@ class Endpoint:
                                                  ttl=self._config.default_ttl))
                 held.last_handoff_at = now
         for inner in inners:
-            body = CustodyOfferBody(inner).encode()
-            self._queue(Frame(FrameType.CUSTODY_OFFER, self._rng.randbytes(FRAME_ID_LEN),
-                              self._address, to, body, ttl=self._config.default_ttl), now)
+            self._queue(self._offer(inner, to, now), now)
         return len(inners)
+
+    def _offer(self, inner: Frame, to: NodeAddress, now: float) -> Frame:
+        return Frame(FrameType.CUSTODY_OFFER, self._rng.randbytes(FRAME_ID_LEN), self._address,
+                     to, CustodyOfferBody(inner).encode(), ttl=self._config.default_ttl)
 
     # --- internals --------------------------------------------------------------------
     def _transmit(
@@ -582,13 +586,21 @@ class Endpoint:
         self, held: HeldFrame, now: float, can_route: Callable[[NodeAddress], bool]
     ) -> Frame | None:
         dst = held.frame.dst
-        if not can_route(dst):
+        routable = can_route(dst)
+        if not routable:
             if not self._may_probe(dst, now):
                 self._handoff.set(held.key, self._probe_until[dst] + self._rng.uniform(0, 1))
                 return None
             # Custodians probe rarely: they hold the frame because no route was known.
-            self._probe_until[dst] = now + self._policy.probe_interval
+            self._probe_until[dst] = now + self._policy.probe_interval * self._jitter()
         frame = held.handoff_frame(self._address, now=now, ttl=self._config.default_ttl)
+        if routable:
+            # Wrapped, with us as header src: relays drop a frame bearing their own address
+            # as src, and the original sender may well sit on our path to the destination.
+            # A bare DATA copy (unroutable case) is only the probe that makes the router
+            # discover a path.
+            frame = self._offer(frame, dst, now)
+            self._custody.set_offer_id(held.key, frame.frame_id)
         held.handoffs += 1
         held.last_handoff_at = now
         held.route_failed = False

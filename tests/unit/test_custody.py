@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
 from meshd.router.core import CoreConfig
-from meshd.router.e2e_bodies import DataBody, decode_data_body, decode_receipt_body
+from meshd.router.e2e_bodies import (
+    DataBody,
+    decode_data_body,
+    decode_offer_body,
+    decode_receipt_body,
+)
 from meshd.router.events import DeliveryState, DeliveryStateChanged, MessageReceived
 from meshd.router.frames import Frame, FrameFlags, FrameType
 from tests.unit.endpoint_harness import Wire, always, drain, endpoint, identity, never, no_keys
@@ -41,16 +47,28 @@ def test_custody_hand_off_to_the_destination_keeps_src_and_id() -> None:
     assert r.take_custody(data, now=1.0)
     r.poll(now=1.0, can_route=never)  # the receipt to a (dropped here)
     # No route: the custodian probes at most once per probe interval, not on every timer.
-    probes = [f for t in range(2, 200) for f in r.poll(now=float(t), can_route=never)]
-    assert len(probes) == 1 and probes[0].frame_id == mid
+    # A probe is a bare DATA copy (same src and id) that makes the router discover a path.
+    probes = []
+    for t in range(2, 200):
+        for frame in r.poll(now=float(t), can_route=never):
+            probes.append((t, frame))
+            r.on_route_failed(frame.frame_id, now=t + 0.5)  # the router's discovery failed
+    assert 1 <= len(probes) <= 4
+    assert all(f.type is FrameType.DATA and (f.src, f.frame_id) == (a.address, mid)
+               for _, f in probes)
+    gaps = [t2 - t1 for (t1, _), (t2, _) in itertools.pairwise(probes)]
+    assert all(gap >= r.policy.probe_interval * (1 - r.policy.jitter) for gap in gaps)
     r.path_available(b.address, now=200.0)
-    frames = r.poll(now=200.0, can_route=always)
-    [handoff] = [f for f in frames if f.type is FrameType.DATA]
+    [offer] = r.poll(now=200.0, can_route=always)
+    # With a route: wrapped in a CUSTODY_OFFER from r (relays never see a's address as
+    # the src of a frame that does not come from a).
+    assert (offer.type, offer.src, offer.dst) == (FrameType.CUSTODY_OFFER, r.address, b.address)
+    handoff = decode_offer_body(offer.body).inner
     assert (handoff.src, handoff.dst, handoff.frame_id) == (a.address, b.address, mid)
     body = decode_data_body(handoff.body)
     assert body.custodian == r.address and body.payload == b"payload"
     assert body.lifetime_left == 3401  # taken at t=1 with 3600 s left
-    b.on_local_frame(handoff, now=200.1, key_of=no_keys)
+    b.on_local_frame(offer, now=200.1, key_of=no_keys)
     [got] = drain(b)
     assert isinstance(got, MessageReceived) and got.src == a.address and got.message_id == mid
     # The destination answers the custodian only; the custodian relays that to the sender.
@@ -78,10 +96,13 @@ def test_custodian_retries_hand_off_until_a_receipt_arrives() -> None:
     handoffs = []
     t = 1.0
     while t < 400.0:
-        handoffs += [f for f in r.poll(now=t, can_route=always) if f.type is FrameType.DATA]
+        handoffs += r.poll(now=t, can_route=always)
         t += 0.5
     assert len(handoffs) >= 4
-    assert len({f.attempt for f in handoffs}) == len(handoffs)  # relays see new attempts
+    assert all(f.type is FrameType.CUSTODY_OFFER for f in handoffs)
+    assert len({f.frame_id for f in handoffs}) == len(handoffs)  # relays see new frames
+    inner = [decode_offer_body(f.body).inner for f in handoffs]
+    assert len({f.attempt for f in inner}) == len(inner)
     assert len(r.custody()) == 1  # no receipt: still held
 
 
@@ -210,9 +231,10 @@ def test_a_sender_leaves_its_unroutable_messages_with_a_neighbour() -> None:
     assert held_states(drain(a))[-1] == (DeliveryState.HELD_BY_CUSTODIAN, n.address)
     # a goes away; b appears next to n later.
     n.path_available(b.address, now=5000.0)
-    [handoff] = [f for f in n.poll(now=5000.0, can_route=always) if f.type is FrameType.DATA]
-    assert (handoff.src, handoff.frame_id) == (a.address, mid)
-    b.on_local_frame(handoff, now=5000.1, key_of=no_keys)
+    [offer] = n.poll(now=5000.0, can_route=always)
+    handoff = decode_offer_body(offer.body).inner
+    assert offer.dst == b.address and (handoff.src, handoff.frame_id) == (a.address, mid)
+    b.on_local_frame(offer, now=5000.1, key_of=no_keys)
     [got] = drain(b)
     assert isinstance(got, MessageReceived) and got.payload == b"bye"
     assert data.frame_id == mid
