@@ -8,16 +8,14 @@ subscribers, writes the core's frames to links and re-arms one timer at
 
 Durability: when a pump stored something that must survive power loss (a message an app
 handed in, a message received from a peer), its frames (e.g. the end-to-end ACK) and the
-app's reply wait for an fsync of the WAL that runs in a worker thread; pumps that come
-meanwhile queue behind it (in order), and the next fsync covers them all. So an ACK never
-leaves before the message it acknowledges is on disk, and the loop never blocks on the disk.
+app's reply wait for an fsync of the WAL in a worker thread (``meshd.store.syncgate``).
+So an ACK never leaves before the message it acknowledges is on disk, and the loop never
+blocks on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import logging
 import os
 import random
@@ -63,6 +61,7 @@ from meshd.store.statedir import (
     ensure_state_dir,
     load_or_create_identity,
 )
+from meshd.store.syncgate import SyncGate
 from meshd.transports.base import Link, Transport, TransportStatus
 
 MAX_LIFETIME_S = 30 * 24 * 3600.0
@@ -129,12 +128,7 @@ class Node:
         self._timer_deadline: float | None = None
         self._maintenance: asyncio.TimerHandle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
-        # Frames and replies waiting for the next WAL fsync (see the module docstring).
-        self._held_frames: list[tuple[LinkId, bytes]] = []
-        self._held_waiters: list[asyncio.Future[None]] = []
-        self._held_durable = False
-        self._syncing: asyncio.Future[None] | None = None
-        self._sync_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._gate: SyncGate | None = None  # frames and replies waiting for an fsync
         self._subscribers: set[asyncio.Event] = set()
         self._app_events_added = False  # by API calls between pumps
         self._app_owners: dict[str, int] = {}
@@ -181,8 +175,11 @@ class Node:
     async def start(self) -> None:
         """Restore the outbox into a fresh core, then start every transport."""
         self._loop = asyncio.get_running_loop()
-        self._sync_executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"meshd-fsync-{self.address.short}"
+        self._gate = SyncGate(
+            sync=lambda: self.store.sync_wal(),  # late-bound (tests replace it)
+            send=self._send_frames,
+            log=self.log,
+            thread_name=f"meshd-fsync-{self.address.short}",
         )
         now = self._now()
         self._core = MeshCore(self.identity, now=now, rng=self._rng, config=self._core_config)
@@ -220,22 +217,22 @@ class Node:
         for handle in (self._pump_handle, self._timer, self._maintenance):
             if handle is not None:
                 handle.cancel()
-        if self._syncing is not None:
-            with contextlib.suppress(StoreError):
-                await self._syncing
-        self._closed = True  # from here _start_sync keeps everything held for the close
+        if self._gate is not None:
+            await self._gate.drain()  # from here the gate holds everything for the close
+        self._closed = True
         if self._core is not None:
             self._pump()
             self._snapshot_attempts()
-        if self._sync_executor is not None:
-            self._sync_executor.shutdown(wait=True)
         self._wake_subscribers()
         try:
             self.store.close()  # commits and fsyncs
-            self._release_held(None)
         except StoreError as exc:
-            self._release_held(exc)
+            if self._gate is not None:
+                self._gate.close(exc)
             raise
+        else:
+            if self._gate is not None:
+                self._gate.close(None)
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -347,19 +344,9 @@ class Node:
             return
         if new_events:
             self._wake_subscribers()
-        frames = core.frames_to_send()
         durable, self.store.durable_pending = self.store.durable_pending, False
-        if durable or self._syncing is not None or self._held_frames or self._held_waiters:
-            # Behind an fsync: this pump's own, or an earlier one (keeps frame order).
-            self._held_frames.extend(frames)
-            self._held_waiters.extend(waiters)
-            self._held_durable |= durable
-            self._start_sync()
-        else:
-            self._send_frames(frames)
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
+        assert self._gate is not None
+        self._gate.submit(core.frames_to_send(), waiters, durable=durable)
         self._arm_timer()
 
     def _send_frames(self, frames: list[tuple[LinkId, bytes]]) -> None:
@@ -367,51 +354,6 @@ class Node:
             entry = self._links.get(link_id)
             if entry is not None:
                 entry[0].send(data)
-
-    def _start_sync(self) -> None:
-        """fsync the WAL in the worker thread for what is held now (one at a time)."""
-        if self._syncing is not None or self._closed or self._sync_executor is None:
-            return
-        assert self._loop is not None
-        if not self._held_durable:  # held only for ordering: nothing new to sync
-            self._release_held(None)
-            return
-        frames, waiters = self._held_frames, self._held_waiters
-        self._held_frames, self._held_waiters, self._held_durable = [], [], False
-        fut = self._loop.run_in_executor(self._sync_executor, self.store.sync_wal)
-        self._syncing = fut
-
-        def done(f: asyncio.Future[None]) -> None:
-            self._syncing = None
-            exc = f.exception() if not f.cancelled() else Unavailable("fsync cancelled")
-            if exc is not None:
-                # Not on disk: keep the ACKs back (the peer retransmits), fail the replies.
-                self.log.error("store_sync_failed", error=str(exc))
-                for w in waiters:
-                    if not w.done():
-                        w.set_exception(exc)
-            else:
-                self._send_frames(frames)
-                for w in waiters:
-                    if not w.done():
-                        w.set_result(None)
-            if self._held_frames or self._held_waiters:
-                self._start_sync()
-
-        fut.add_done_callback(done)
-
-    def _release_held(self, exc: BaseException | None) -> None:
-        frames, waiters = self._held_frames, self._held_waiters
-        self._held_frames, self._held_waiters, self._held_durable = [], [], False
-        if exc is None:
-            self._send_frames(frames)
-        for w in waiters:
-            if w.done():
-                continue
-            if exc is None:
-                w.set_result(None)
-            else:
-                w.set_exception(exc)
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline()
