@@ -116,15 +116,22 @@ def test_meshctl_send_wait_crosses_three_hops(make_lab: LabFactory) -> None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("b_was_up", [True, False], ids=["b-stops", "b-down-from-start"])
 async def test_messages_wait_for_a_stopped_relay_and_arrive_after_restart(
-    make_lab: LabFactory,
+    make_lab: LabFactory, b_was_up: bool
 ) -> None:
-    lab = _chain4(make_lab)
+    nodes, links = chain(4)
+    lab = make_lab(nodes, links)
+    if b_was_up:
+        lab.start_all()
+    else:  # a has never heard of d: it must hold messages for an unknown destination
+        for node in ("a", "c", "d"):
+            lab.start(node)
     async with Api(_sock(lab, "a")) as a, Api(_sock(lab, "d")) as d:
         dst = await d.address()
-        await _deliver_one(lab, "a", dst, b"before b stops")
-
-        assert lab.stop("b") == 0  # SIGTERM is a clean shutdown
+        if b_was_up:
+            await _deliver_one(lab, "a", dst, b"before b stops")
+            assert lab.stop("b") == 0  # SIGTERM is a clean shutdown
         want = [f"while b is down {i}".encode() for i in range(5)]
         ids = [await a.send(dst, p) for p in want]  # accepted although d is out of reach
         assert len(set(ids)) == len(ids)
