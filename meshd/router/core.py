@@ -43,7 +43,9 @@ class CoreConfig:
     custody_limit_frames: int = 10_000
     custody_lifetime: float = 7 * 24 * 3600.0
     announce_interval: float = 60.0
-    default_ttl: int = 32
+    # 64 (= frames.MAX_TTL): a 1000-node random geometric graph of mean degree 8 has
+    # shortest paths of 30+ hops between far corners; 32 lost such pairs entirely.
+    default_ttl: int = 64
     flood_ttl: int = 16
     # Forwarding-plane tunables beyond these live in RouterConfig (None: defaults).
     router: RouterConfig | None = None

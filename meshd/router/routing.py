@@ -67,7 +67,7 @@ class RouterConfig:
     """Forwarding-plane tunables (figures and their sources in docs/wire-format.md)."""
 
     announce_interval: float = 60.0
-    default_ttl: int = 32
+    default_ttl: int = 64
     flood_ttl: int = 16
     flood_fanout: int = 3  # REFERENCE: fan-out 3, jitter 20-200 ms
     flood_jitter: tuple[float, float] = (0.020, 0.200)
