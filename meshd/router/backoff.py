@@ -138,3 +138,39 @@ class DeadlineHeap(Generic[K]):
                 unique.append(item)
         self._heap = unique
         heapq.heapify(self._heap)
+
+
+class ProbeGate:
+    """Destinations with no known route: one probe at a time, the others wait until then."""
+
+    def __init__(self) -> None:
+        self._until: dict[NodeAddress, float] = {}
+
+    def may_probe(self, dst: NodeAddress, now: float) -> bool:
+        until = self._until.get(dst)
+        return until is None or until <= now
+
+    def until(self, dst: NodeAddress, now: float) -> float:
+        return self._until.get(dst, now)
+
+    def hold(self, dst: NodeAddress, until: float) -> None:
+        self._until[dst] = max(until, self._until.get(dst, until))
+
+    def clear(self, dst: NodeAddress) -> None:
+        self._until.pop(dst, None)
+
+    def prune(self, now: float) -> None:
+        if len(self._until) > 1024:
+            self._until = {d: t for d, t in self._until.items() if t > now}
+
+
+def retry_at(
+    now: float, last_sent: float | None, in_router: bool, route_failed: bool, rto: float,
+    router_wait: float,
+) -> float | None:
+    """When a path appears: None while the router still holds our copy, else how soon."""
+    if route_failed or last_sent is None:
+        return now
+    if in_router and now - last_sent < router_wait:
+        return None  # it flushes that copy itself now; another would be a duplicate
+    return max(now, last_sent + rto)

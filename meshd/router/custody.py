@@ -1,20 +1,45 @@
-"""Custody store: DATA frames a relay holds for others, within bounded bytes, count and time.
+"""Custody: DATA frames a relay holds for others (bounded bytes, count and time), and the
+custodian role that hands them on and confirms with signed receipts.
 
 A custody receipt is a promise ("I hold it, stop retrying"), so a full store refuses new
-frames instead of evicting held ones; only expired frames make room.
+frames instead of evicting held ones; only expired frames make room. The protocol is in
+docs/wire-format.md, "Reliability and custody protocol".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from meshd.address import NodeAddress
-from meshd.router.backoff import DeadlineHeap
-from meshd.router.e2e_bodies import DataBody, lifetime_left
-from meshd.router.frames import HEADER_LEN, Frame, FrameFlags, FrameType
+from meshd.crypto.identity import Identity
+from meshd.errors import FrameDecodeError
+from meshd.router.backoff import (
+    DeadlineHeap,
+    ProbeGate,
+    RetryPolicy,
+    RttTable,
+    backoff_delay,
+    retry_at,
+)
+from meshd.router.e2e_bodies import (
+    CustodyReceiptBody,
+    DataBody,
+    decode_data_body,
+    lifetime_left,
+    offer_frame,
+    payload_digest,
+    receipt_frame,
+)
+from meshd.router.e2e_common import CustodyKey, EndpointStats
+from meshd.router.frames import FRAME_ID_LEN, HEADER_LEN, Frame, FrameFlags, FrameType
 
-CustodyKey = tuple[NodeAddress, bytes]  # (original sender, message id): the dedup key
+if TYPE_CHECKING:
+    from meshd.router.core import CoreConfig
+
+Emit = Callable[[Frame, float], None]
 
 
 @dataclass(slots=True)
@@ -148,3 +173,204 @@ class CustodyStore:
             if held is not None:
                 dropped.append(held)
         return dropped
+
+
+class Custodian:
+    """The relay role of an Endpoint: hold, hand on, confirm, release."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        rng: random.Random,
+        config: CoreConfig,
+        policy: RetryPolicy,
+        rtt: RttTable,
+        probes: ProbeGate,
+        stats: EndpointStats,
+        emit: Emit,
+    ) -> None:
+        self._identity = identity
+        self._address = identity.address
+        self._rng = rng
+        self._config = config
+        self._policy = policy
+        self._rtt = rtt
+        self._probes = probes
+        self._stats = stats
+        self._emit = emit
+        self.store = CustodyStore(
+            limit_bytes=config.custody_limit_bytes, limit_frames=config.custody_limit_frames
+        )
+        self._timers: DeadlineHeap[CustodyKey] = DeadlineHeap()  # next hand-off per frame
+
+    def take(self, frame: Frame, body: DataBody, *, now: float) -> bool:
+        """Hold ``frame`` (DATA from someone else, for someone else); False when refused."""
+        previous = body.custodian if body.custodian is not None else frame.src
+        key = (frame.src, frame.frame_id)
+        held = self.store.get(key)
+        if held is None:
+            if body.lifetime_left <= 0:
+                return False
+            self.expire(now)
+            message_expiry = now + body.lifetime_left
+            hold_until = min(message_expiry, now + self._config.custody_lifetime)
+            held = HeldFrame(frame, body, payload_digest(body.payload), now, hold_until,
+                             message_expiry)
+            if not self.store.has_room(held.size):
+                self._stats.custody_refused += 1
+                return False
+            self.store.add(held)
+            self._stats.custody_taken += 1
+            first = self._policy.custody_first_try * self._jitter()
+            self._timers.set(key, now + first)
+        if previous != self._address:  # a copy again: the first receipt may have been lost
+            self.send_receipt(frame.frame_id, frame.src, frame.dst, held.digest, previous, now)
+        return True
+
+    def send_receipt(
+        self,
+        message_id: bytes,
+        origin: NodeAddress,
+        destination: NodeAddress,
+        digest: bytes,
+        to: NodeAddress,
+        now: float,
+    ) -> None:
+        self._stats.receipts_sent += 1
+        self._emit(receipt_frame(self._identity, self._rng.randbytes(FRAME_ID_LEN),
+                                 message_id=message_id, origin=origin,
+                                 destination=destination, digest=digest, to=to,
+                                 ttl=self._config.default_ttl), now)
+
+    def on_receipt(self, frame: Frame, body: CustodyReceiptBody, *, now: float) -> None:
+        """The next holder (or the destination) confirms: release our copy."""
+        key = (body.origin, body.message_id)
+        held = self.store.get(key)
+        if held is None:
+            self._stats.receipts_unknown += 1
+            return
+        if not body.verify(signer=frame.src, destination=held.frame.dst, digest=held.digest):
+            self._stats.receipts_forged += 1
+            return
+        self.store.remove(key)
+        self._timers.cancel(key)
+        self._stats.custody_released += 1
+        if held.last_handoff_at is not None:
+            self._rtt.sample(held.frame.dst, now - held.last_handoff_at)
+        if frame.src == held.frame.dst:
+            # The destination's own receipt proves delivery: pass it on to the sender, who
+            # may be back online (its ACK may have been lost while it was away).
+            self._emit(Frame(FrameType.CUSTODY_RECEIPT, self._rng.randbytes(FRAME_ID_LEN),
+                             self._address, body.origin, frame.body,
+                             ttl=self._config.default_ttl), now)
+
+    def transmitted(self, frame_id: bytes, *, now: float) -> None:
+        """Our hand-off left on a link: its receipt clock starts now."""
+        for held in self.store.with_id(frame_id):
+            if held.handoffs and self._timers.due_at(held.key) is not None:
+                held.last_handoff_at = now
+                held.route_failed = False
+                held.in_router = False
+                self._timers.set(held.key, now + self._delay(held))
+
+    def route_failed(self, frame_id: bytes) -> None:
+        for held in self.store.with_id(frame_id):
+            held.route_failed = True
+            held.in_router = False
+
+    def path_available(self, dst: NodeAddress, *, now: float) -> None:
+        rto, wait = self._rtt.rto(dst), self._policy.unroutable_wait
+        for held in self.store.for_dst(dst):
+            when = retry_at(now, held.last_handoff_at, held.in_router, held.route_failed,
+                            rto, wait)
+            due = self._timers.due_at(held.key)
+            if when is not None and (due is None or due > when):
+                self._timers.set(held.key, when)
+
+    def due(self, *, now: float, can_route: Callable[[NodeAddress], bool]) -> list[Frame]:
+        """Hand-offs whose time has come."""
+        frames = []
+        while (key := self._timers.pop_due(now)) is not None:
+            held = self.store.get(key)
+            if held is not None:
+                frame = self._hand_off(held, now, can_route)
+                if frame is not None:
+                    frames.append(frame)
+        return frames
+
+    def offers(self, to: NodeAddress, *, now: float, limit: int) -> list[Frame]:
+        """Inner frames to offer to ``to`` (a better custodian appeared)."""
+        inners: list[Frame] = []
+        for held in self.store:
+            if len(inners) >= limit:
+                break
+            if held.frame.src != to:
+                inners.append(held.handoff_frame(self._address, now=now,
+                                                 ttl=self._config.default_ttl))
+                held.last_handoff_at = now
+        return inners
+
+    def expire(self, now: float) -> None:
+        for held in self.store.expire(now=now):
+            self._timers.cancel(held.key)
+            self._stats.custody_expired += 1
+
+    def next_deadline(self) -> float | None:
+        present = [t for t in (self._timers.peek(), self.store.next_expiry()) if t is not None]
+        return min(present) if present else None
+
+    def restore(self, frames: list[tuple[Frame, float]], *, now: float) -> None:
+        """Reload persisted custody frames (``expires_at`` in this ``now``'s timebase)."""
+        spread = min(self._policy.restore_spread, 0.01 * len(frames))
+        for frame, expires_at in frames:
+            if frame.type is not FrameType.DATA or expires_at <= now:
+                continue
+            try:
+                body = decode_data_body(frame.body)
+            except FrameDecodeError:
+                self._stats.malformed += 1
+                continue
+            held = HeldFrame(frame, body, payload_digest(body.payload), now, expires_at,
+                             expires_at)
+            if held.key in self.store or not self.store.has_room(held.size):
+                continue
+            self.store.add(held)
+            self._timers.set(held.key, now + self._rng.uniform(0.0, spread))
+
+    def _hand_off(
+        self, held: HeldFrame, now: float, can_route: Callable[[NodeAddress], bool]
+    ) -> Frame | None:
+        dst = held.frame.dst
+        routable = can_route(dst)
+        if not routable:
+            if not self._probes.may_probe(dst, now):
+                wake = self._probes.until(dst, now) + self._rng.uniform(0.0, 1.0)
+                self._timers.set(held.key, wake)
+                return None
+            # Custodians probe rarely: they hold the frame because no route was known.
+            self._probes.hold(dst, now + self._policy.probe_interval * self._jitter())
+        frame = held.handoff_frame(self._address, now=now, ttl=self._config.default_ttl)
+        if routable:
+            # Wrapped, with us as header src: relays drop a frame bearing their own address
+            # as src, and the original sender may well sit on our path to the destination.
+            # A bare DATA copy (unroutable case) is only the probe that makes the router
+            # discover a path.
+            frame = offer_frame(self._rng.randbytes(FRAME_ID_LEN), src=self._address, to=dst,
+                                inner=frame, ttl=self._config.default_ttl)
+            self.store.set_offer_id(held.key, frame.frame_id)
+        held.handoffs += 1
+        held.last_handoff_at = now
+        held.route_failed = False
+        held.in_router = True
+        self._stats.handoffs += 1
+        self._timers.set(held.key, now + self._delay(held))
+        return frame
+
+    def _delay(self, held: HeldFrame) -> float:
+        return backoff_delay(self._rtt.rto(held.frame.dst), held.handoffs - 1, self._policy,
+                             self._rng)
+
+    def _jitter(self) -> float:
+        j = self._policy.jitter
+        return self._rng.uniform(1.0 - j, 1.0 + j)

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from meshd.address import ADDRESS_LEN, NodeAddress
-from meshd.crypto.identity import KEY_LEN, SIGNATURE_LEN, verify_signature
+from meshd.crypto.identity import KEY_LEN, SIGNATURE_LEN, Identity, verify_signature
 from meshd.errors import AddressError, FrameDecodeError
 from meshd.router.frames import (
     FRAME_ID_LEN,
@@ -230,6 +230,35 @@ def decode_offer_body(data: bytes) -> CustodyOfferBody:
         raise FrameDecodeError("a custody offer carries a DATA frame", field="inner_type")
     decode_data_body(inner.body)  # validate now: the receiver stores it
     return CustodyOfferBody(inner)
+
+
+# --- frames the endpoint originates ------------------------------------------------
+
+
+def receipt_frame(
+    identity: Identity,
+    frame_id: bytes,
+    *,
+    message_id: bytes,
+    origin: NodeAddress,
+    destination: NodeAddress,
+    digest: bytes,
+    to: NodeAddress,
+    ttl: int,
+) -> Frame:
+    """A CUSTODY_RECEIPT signed by ``identity``, for the previous holder ``to``."""
+    signed = receipt_signed_part(message_id, origin, destination, digest)
+    body = CustodyReceiptBody(message_id, origin, identity.public.signing_key,
+                              identity.sign(signed))
+    return Frame(FrameType.CUSTODY_RECEIPT, frame_id, identity.address, to, body.encode(),
+                 ttl=ttl)
+
+
+def offer_frame(frame_id: bytes, *, src: NodeAddress, to: NodeAddress, inner: Frame,
+                ttl: int) -> Frame:
+    """A CUSTODY_OFFER carrying ``inner`` (a DATA frame) from ``src`` to ``to``."""
+    return Frame(FrameType.CUSTODY_OFFER, frame_id, src, to,
+                 CustodyOfferBody(inner).encode(), ttl=ttl)
 
 
 def _check_fields(message_id: bytes, key: bytes, signature: bytes) -> None:

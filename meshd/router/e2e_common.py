@@ -1,12 +1,38 @@
-"""Destination-side dedup of end-to-end messages: bounded in count and in time."""
+"""Bookkeeping shared by the end-to-end roles: counters, and the destination's dedup."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from meshd.address import NodeAddress
 from meshd.router.backoff import DeadlineHeap
-from meshd.router.custody import CustodyKey
+
+CustodyKey = tuple[NodeAddress, bytes]  # (original sender, message id): the dedup key
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Counters (rejections are reported here: the endpoint does not know the link)."""
+
+    data_originated: int = 0
+    retries: int = 0
+    handoffs: int = 0
+    delivered_to_app: int = 0
+    duplicates: int = 0
+    acks_sent: int = 0
+    acks_verified: int = 0
+    acks_forged: int = 0
+    acks_unknown: int = 0
+    receipts_sent: int = 0
+    receipts_forged: int = 0
+    receipts_unknown: int = 0
+    malformed: int = 0
+    custody_taken: int = 0
+    custody_refused: int = 0
+    custody_expired: int = 0
+    custody_released: int = 0
+    seen_evicted: int = 0
 
 
 @dataclass(slots=True)

@@ -12,19 +12,24 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity, PublicIdentity
 from meshd.errors import AlreadyExists, FrameDecodeError, InvalidArgument, ResourceExhausted
-from meshd.router.backoff import DeadlineHeap, RetryPolicy, RttTable, backoff_delay
-from meshd.router.custody import CustodyKey, CustodyStore, HeldFrame
+from meshd.router.backoff import (
+    DeadlineHeap,
+    ProbeGate,
+    RetryPolicy,
+    RttTable,
+    backoff_delay,
+    retry_at,
+)
+from meshd.router.custody import Custodian
 from meshd.router.e2e_bodies import (
     MAX_LIFETIME_WIRE,
     MAX_PAYLOAD_LEN,
     AckBody,
-    CustodyOfferBody,
     CustodyReceiptBody,
     DataBody,
     ack_signed_part,
@@ -33,10 +38,10 @@ from meshd.router.e2e_bodies import (
     decode_offer_body,
     decode_receipt_body,
     lifetime_left,
+    offer_frame,
     payload_digest,
-    receipt_signed_part,
 )
-from meshd.router.e2e_dedup import Delivered, DeliveredSet
+from meshd.router.e2e_common import Delivered, DeliveredSet, EndpointStats
 from meshd.router.events import (
     CoreEvent,
     DeliveryState,
@@ -51,30 +56,6 @@ if TYPE_CHECKING:
     from meshd.router.core import CoreConfig
 
 DATA_FLAGS = FrameFlags.ACK_REQUESTED | FrameFlags.CUSTODY_ALLOWED
-
-
-@dataclass(slots=True)
-class EndpointStats:
-    """Counters (rejections are reported here: the endpoint does not know the link)."""
-
-    data_originated: int = 0
-    retries: int = 0
-    handoffs: int = 0
-    delivered_to_app: int = 0
-    duplicates: int = 0
-    acks_sent: int = 0
-    acks_verified: int = 0
-    acks_forged: int = 0
-    acks_unknown: int = 0
-    receipts_sent: int = 0
-    receipts_forged: int = 0
-    receipts_unknown: int = 0
-    malformed: int = 0
-    custody_taken: int = 0
-    custody_refused: int = 0
-    custody_expired: int = 0
-    custody_released: int = 0
-    seen_evicted: int = 0
 
 
 class Endpoint:
@@ -94,22 +75,21 @@ class Endpoint:
         self._config = config
         self._policy = policy if policy is not None else RetryPolicy()
         self._outbox = Outbox(config.outbox_limit)
-        self._custody = CustodyStore(
-            limit_bytes=config.custody_limit_bytes, limit_frames=config.custody_limit_frames
-        )
         self._seen = DeliveredSet(
             capacity=self._policy.seen_capacity, max_age=config.message_lifetime
         )
         self._rtt = RttTable(self._policy)
         self._retry: DeadlineHeap[bytes] = DeadlineHeap()  # own messages: next transmission
         self._expiry: DeadlineHeap[bytes] = DeadlineHeap()  # own messages: end of lifetime
-        self._handoff: DeadlineHeap[CustodyKey] = DeadlineHeap()  # custody: next hand-off
-        # Destinations with no route: one probe at a time, the others wait until then.
-        self._probe_until: dict[NodeAddress, float] = {}
+        self._probes = ProbeGate()
         self._ready: list[Frame] = []
         self._ready_since: float | None = None
         self._events: deque[CoreEvent] = deque()
         self.stats = EndpointStats()
+        self._custodian = Custodian(
+            identity, rng=rng, config=config, policy=self._policy, rtt=self._rtt,
+            probes=self._probes, stats=self.stats, emit=self._queue,
+        )
 
     @property
     def address(self) -> NodeAddress:
@@ -202,7 +182,7 @@ class Endpoint:
         """The router handed our DATA frame to a link."""
         message = self._outbox.get(frame_id)
         if message is None:
-            self._custody_transmitted(frame_id, now)
+            self._custodian.transmitted(frame_id, now=now)
             return
         message.route_failed = False
         message.in_router = False
@@ -214,16 +194,6 @@ class Endpoint:
         message.last_sent_at = now
         if self._retry.due_at(frame_id) is not None:
             self._retry.set(frame_id, now + self._retry_delay(message))
-
-    def _custody_transmitted(self, frame_id: bytes, now: float) -> None:
-        for held in self._custody.with_id(frame_id):
-            if held.handoffs and self._handoff.due_at(held.key) is not None:
-                held.last_handoff_at = now
-                held.route_failed = False
-                held.in_router = False
-                delay = backoff_delay(self._rtt.rto(held.frame.dst), held.handoffs - 1,
-                                      self._policy, self._rng)
-                self._handoff.set(held.key, now + delay)
 
     def on_next_hop_acked(self, frame_id: bytes, *, now: float) -> None:
         """The first hop confirmed it took our DATA frame."""
@@ -238,15 +208,13 @@ class Endpoint:
             message.route_failed = True
             message.in_router = False
             return
-        for held in self._custody.with_id(frame_id):
-            held.route_failed = True
-            held.in_router = False
+        self._custodian.route_failed(frame_id)
 
     def path_available(self, dst: NodeAddress, *, now: float) -> None:
         """A path to ``dst`` appeared: retry what waits for it now, unless a copy is on
         its way (the router flushes what it buffered itself) or left less than an RTO ago.
         """
-        self._probe_until.pop(dst, None)
+        self._probes.clear(dst)
         rto, wait = self._rtt.rto(dst), self._policy.unroutable_wait
         for message in self._outbox.for_dst(dst):
             if message.state is DeliveryState.HELD_BY_CUSTODIAN:
@@ -256,17 +224,12 @@ class Endpoint:
                 if last is None or now - last >= self._policy.held_probe_interval:
                     self._retry.set(message.message_id, now)
                 continue
-            when = _retry_at(now, message.last_sent_at, message.in_router,
+            when = retry_at(now, message.last_sent_at, message.in_router,
                              message.route_failed, rto, wait)
             due = self._retry.due_at(message.message_id)
             if when is not None and (due is None or due > when):
                 self._retry.set(message.message_id, when)
-        for held in self._custody.for_dst(dst):
-            when = _retry_at(now, held.last_handoff_at, held.in_router, held.route_failed, rto,
-                             wait)
-            due = self._handoff.due_at(held.key)
-            if when is not None and (due is None or due > when):
-                self._handoff.set(held.key, when)
+        self._custodian.path_available(dst, now=now)
 
     # --- periodic work ------------------------------------------------------------
     def poll(self, *, now: float, can_route: Callable[[NodeAddress], bool]) -> list[Frame]:
@@ -281,14 +244,8 @@ class Endpoint:
                 frame = self._transmit(message, now, can_route)
                 if frame is not None:
                     frames.append(frame)
-        while (key := self._handoff.pop_due(now)) is not None:
-            held = self._custody.get(key)
-            if held is not None:
-                frame = self._hand_off(held, now, can_route)
-                if frame is not None:
-                    frames.append(frame)
-        if len(self._probe_until) > 1024:
-            self._probe_until = {d: t for d, t in self._probe_until.items() if t > now}
+        frames += self._custodian.due(now=now, can_route=can_route)
+        self._probes.prune(now)
         return frames
 
     def next_deadline(self) -> float | None:
@@ -296,8 +253,7 @@ class Endpoint:
             self._ready_since,
             self._retry.peek(),
             self._expiry.peek(),
-            self._handoff.peek(),
-            self._custody.next_expiry(),
+            self._custodian.next_deadline(),
         ]
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
@@ -309,29 +265,15 @@ class Endpoint:
         return self._outbox.entries()
 
     def custody(self) -> list[Frame]:
-        return [held.frame for held in self._custody]
+        return [held.frame for held in self._custodian.store]
 
     def custody_records(self) -> list[tuple[Frame, float]]:
         """(frame, hold-until) pairs, the shape ``restore_custody`` takes back."""
-        return [(held.frame, held.hold_until) for held in self._custody]
+        return [(held.frame, held.hold_until) for held in self._custodian.store]
 
     def restore_custody(self, frames: list[tuple[Frame, float]], *, now: float) -> None:
         """Reload persisted custody frames (``expires_at`` in this ``now``'s timebase)."""
-        spread = min(self._policy.restore_spread, 0.01 * len(frames))
-        for frame, expires_at in frames:
-            if frame.type is not FrameType.DATA or expires_at <= now:
-                continue
-            try:
-                body = decode_data_body(frame.body)
-            except FrameDecodeError:
-                self.stats.malformed += 1
-                continue
-            held = HeldFrame(frame, body, payload_digest(body.payload), now, expires_at,
-                             expires_at)
-            if held.key in self._custody or not self._custody.has_room(held.size):
-                continue
-            self._custody.add(held)
-            self._handoff.set(held.key, now + self._rng.uniform(0.0, spread))
+        self._custodian.restore(frames, now=now)
 
     # --- frames addressed to this node --------------------------------------------
     def on_local_frame(
@@ -376,8 +318,8 @@ class Endpoint:
             # A custodian's copy: our receipt lets it delete the copy, and it passes the
             # receipt (signed by us: proof of delivery) on to the sender; an ACK of our own
             # would only be a second notice of the same delivery.
-            self._queue_receipt(frame.frame_id, frame.src, frame.dst, record.digest,
-                                custodian, now)
+            self._custodian.send_receipt(frame.frame_id, frame.src, frame.dst, record.digest,
+                                         custodian, now)
             return
         # ACK every copy (the first ACK may have been lost), but not a burst of copies.
         if frame.flags & FrameFlags.ACK_REQUESTED and now - record.last_ack_at >= (
@@ -416,25 +358,7 @@ class Endpoint:
         if body.origin == self._address:
             self._on_own_receipt(frame, body, now)
             return
-        key = (body.origin, body.message_id)
-        held = self._custody.get(key)
-        if held is None:
-            self.stats.receipts_unknown += 1
-            return
-        if not body.verify(signer=frame.src, destination=held.frame.dst, digest=held.digest):
-            self.stats.receipts_forged += 1
-            return
-        self._custody.remove(key)
-        self._handoff.cancel(key)
-        self.stats.custody_released += 1
-        if held.last_handoff_at is not None:
-            self._rtt.sample(held.frame.dst, now - held.last_handoff_at)
-        if frame.src == held.frame.dst:
-            # The destination's own receipt proves delivery: pass it on to the sender, who
-            # may be back online (its ACK may have been lost while it was away).
-            self._queue(Frame(FrameType.CUSTODY_RECEIPT, self._rng.randbytes(FRAME_ID_LEN),
-                              self._address, body.origin, frame.body,
-                              ttl=self._config.default_ttl), now)
+        self._custodian.on_receipt(frame, body, now=now)
 
     def _on_own_receipt(self, frame: Frame, body: CustodyReceiptBody, now: float) -> None:
         message = self._outbox.get(body.message_id)
@@ -481,28 +405,7 @@ class Endpoint:
         except FrameDecodeError:
             self.stats.malformed += 1
             return False
-        previous = body.custodian if body.custodian is not None else frame.src
-        key = (frame.src, frame.frame_id)
-        held = self._custody.get(key)
-        if held is None:
-            if body.lifetime_left <= 0:
-                return False
-            self._expire(now)
-            message_expiry = now + body.lifetime_left
-            hold_until = min(message_expiry, now + self._config.custody_lifetime)
-            held = HeldFrame(frame, body, payload_digest(body.payload), now, hold_until,
-                             message_expiry)
-            if not self._custody.has_room(held.size):
-                self.stats.custody_refused += 1
-                return False
-            self._custody.add(held)
-            self.stats.custody_taken += 1
-            first = self._policy.custody_first_try * self._jitter()
-            self._handoff.set(key, now + first)
-        if previous != self._address:
-            self._queue_receipt(frame.frame_id, frame.src, frame.dst, held.digest,
-                                previous, now)
-        return True
+        return self._custodian.take(frame, body, now=now)
 
     def offer_custody(self, to: NodeAddress, *, now: float, limit: int = 64) -> int:
         """Offer up to ``limit`` frames to neighbour ``to`` as custodian; returns how many.
@@ -521,20 +424,11 @@ class Endpoint:
                 message.attempts += 1
                 message.last_sent_at = now
                 inners.append(self._own_frame(message, now))
-        for held in self._custody:
-            if len(inners) >= limit:
-                break
-            if held.frame.src != to:
-                inners.append(held.handoff_frame(self._address, now=now,
-                                                 ttl=self._config.default_ttl))
-                held.last_handoff_at = now
+        inners += self._custodian.offers(to, now=now, limit=limit - len(inners))
         for inner in inners:
-            self._queue(self._offer(inner, to, now), now)
+            self._queue(offer_frame(self._rng.randbytes(FRAME_ID_LEN), src=self._address,
+                                    to=to, inner=inner, ttl=self._config.default_ttl), now)
         return len(inners)
-
-    def _offer(self, inner: Frame, to: NodeAddress, now: float) -> Frame:
-        return Frame(FrameType.CUSTODY_OFFER, self._rng.randbytes(FRAME_ID_LEN), self._address,
-                     to, CustodyOfferBody(inner).encode(), ttl=self._config.default_ttl)
 
     # --- internals --------------------------------------------------------------------
     def _transmit(
@@ -542,9 +436,9 @@ class Endpoint:
     ) -> Frame | None:
         held = message.state is DeliveryState.HELD_BY_CUSTODIAN
         routable = can_route(message.dst)
-        if not routable and not self._may_probe(message.dst, now):
+        if not routable and not self._probes.may_probe(message.dst, now):
             if not held:
-                self._retry.set(message.message_id, self._probe_until[message.dst] + 0.01)
+                self._retry.set(message.message_id, self._probes.until(message.dst, now) + 0.01)
             return None
         message.attempts += 1
         message.last_sent_at = now
@@ -557,7 +451,7 @@ class Endpoint:
         if not routable:
             # The router discovers a path first (seconds); do not retry into that.
             delay = max(delay, self._policy.unroutable_wait)
-            self._probe_until[message.dst] = now + delay
+            self._probes.hold(message.dst, now + delay)
         self._retry.set(message.message_id, now + delay)
         if message.attempts == 1:
             self.stats.data_originated += 1
@@ -582,46 +476,12 @@ class Endpoint:
             attempt=message.last_attempt_byte,
         )
 
-    def _hand_off(
-        self, held: HeldFrame, now: float, can_route: Callable[[NodeAddress], bool]
-    ) -> Frame | None:
-        dst = held.frame.dst
-        routable = can_route(dst)
-        if not routable:
-            if not self._may_probe(dst, now):
-                self._handoff.set(held.key, self._probe_until[dst] + self._rng.uniform(0, 1))
-                return None
-            # Custodians probe rarely: they hold the frame because no route was known.
-            self._probe_until[dst] = now + self._policy.probe_interval * self._jitter()
-        frame = held.handoff_frame(self._address, now=now, ttl=self._config.default_ttl)
-        if routable:
-            # Wrapped, with us as header src: relays drop a frame bearing their own address
-            # as src, and the original sender may well sit on our path to the destination.
-            # A bare DATA copy (unroutable case) is only the probe that makes the router
-            # discover a path.
-            frame = self._offer(frame, dst, now)
-            self._custody.set_offer_id(held.key, frame.frame_id)
-        held.handoffs += 1
-        held.last_handoff_at = now
-        held.route_failed = False
-        held.in_router = True
-        self.stats.handoffs += 1
-        delay = backoff_delay(self._rtt.rto(dst), held.handoffs - 1, self._policy, self._rng)
-        self._handoff.set(held.key, now + delay)
-        return frame
-
-    def _may_probe(self, dst: NodeAddress, now: float) -> bool:
-        until = self._probe_until.get(dst)
-        return until is None or until <= now
-
     def _expire(self, now: float) -> None:
         while (message_id := self._expiry.pop_due(now)) is not None:
             message = self._outbox.get(message_id)
             if message is not None:
                 self._finish(message, DeliveryState.FAILED, "expired")
-        for held in self._custody.expire(now=now):
-            self._handoff.cancel(held.key)
-            self.stats.custody_expired += 1
+        self._custodian.expire(now)
 
     def _queue_ack(self, frame: Frame, record: Delivered, now: float) -> None:
         if record.ack_signature is None:
@@ -633,22 +493,6 @@ class Endpoint:
         self.stats.acks_sent += 1
         self._queue(Frame(FrameType.ACK, self._rng.randbytes(FRAME_ID_LEN), self._address,
                           frame.src, body.encode(), ttl=self._config.default_ttl), now)
-
-    def _queue_receipt(
-        self,
-        message_id: bytes,
-        origin: NodeAddress,
-        destination: NodeAddress,
-        digest: bytes,
-        to: NodeAddress,
-        now: float,
-    ) -> None:
-        signed = receipt_signed_part(message_id, origin, destination, digest)
-        body = CustodyReceiptBody(message_id, origin, self._identity.public.signing_key,
-                                  self._identity.sign(signed))
-        self.stats.receipts_sent += 1
-        self._queue(Frame(FrameType.CUSTODY_RECEIPT, self._rng.randbytes(FRAME_ID_LEN),
-                          self._address, to, body.encode(), ttl=self._config.default_ttl), now)
 
     def _queue(self, frame: Frame, now: float) -> None:
         self._ready.append(frame)
@@ -679,19 +523,3 @@ class Endpoint:
             DeliveryStateChanged(message.message_id, message.dst, message.state, reason,
                                  message.custodian)
         )
-
-    def _jitter(self) -> float:
-        j = self._policy.jitter
-        return self._rng.uniform(1.0 - j, 1.0 + j)
-
-
-def _retry_at(
-    now: float, last_sent: float | None, in_router: bool, route_failed: bool, rto: float,
-    router_wait: float,
-) -> float | None:
-    """When a path appears: None while the router still holds our copy, else how soon."""
-    if route_failed or last_sent is None:
-        return now
-    if in_router and now - last_sent < router_wait:
-        return None  # it flushes that copy itself now; another would be a duplicate
-    return max(now, last_sent + rto)
