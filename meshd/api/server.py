@@ -50,6 +50,7 @@ class ApiServer:
         grpc_server: grpc.aio.Server,
         relay: CredentialRelay,
         health_servicer: health.aio.HealthServicer,
+        messaging: MessagingServicer,
         registry: CredentialRegistry,
         socket_inode: int,
     ) -> None:
@@ -59,6 +60,7 @@ class ApiServer:
         self._grpc = grpc_server
         self._relay = relay
         self._health = health_servicer
+        self._messaging = messaging
         self._inode = socket_inode
         self._stopped = False
 
@@ -69,6 +71,7 @@ class ApiServer:
         self._stopped = True
         await self._health.enter_graceful_shutdown()
         await self._relay.stop_accepting()
+        self._messaging.end_streams()  # Subscribe never ends by itself: do not wait `grace`
         await self._grpc.stop(grace)
         await self._relay.stop()
         with contextlib.suppress(FileNotFoundError):
@@ -92,9 +95,8 @@ async def serve(
     callers = CallerResolver(registry)
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(log)])
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node, callers), server)
-    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(
-        MessagingServicer(node, callers), server
-    )
+    messaging = MessagingServicer(node, callers)
+    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(messaging, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -120,6 +122,7 @@ async def serve(
         grpc_server=server,
         relay=relay,
         health_servicer=health_servicer,
+        messaging=messaging,
         registry=registry,
         socket_inode=os.stat(path).st_ino,
     )

@@ -5,6 +5,7 @@ Errors are raised as ``MeshdError`` and mapped to statuses by ``meshd.api.errors
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,6 +59,14 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
     def __init__(self, node: NodeApi, callers: CallerResolver) -> None:
         self._node = node
         self._callers = callers
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    def end_streams(self) -> None:
+        """Shutting down: end every Subscribe stream now (cleanly), not after the grace."""
+        self._closing = True
+        for task in list(self._streams):
+            task.cancel()
 
     async def SendMessage(
         self, request: mpb.SendMessageRequest, context: Any
@@ -102,10 +111,19 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
             else None
         )
         events = self._node.subscribe(caller, after_cursor=after)
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
         try:
             async for event in events:
                 yield convert.event(event)
+        except asyncio.CancelledError:
+            if not self._closing or task is None:
+                raise
+            task.uncancel()  # our own end_streams(): finish the stream with OK
         finally:
+            if task is not None:
+                self._streams.discard(task)
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):

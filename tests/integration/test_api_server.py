@@ -137,3 +137,20 @@ async def test_unexpected_exception_is_internal_and_server_survives(
                 assert resp.status.address == pair.a.address
         finally:
             await server.stop(0.1)
+
+
+async def test_stop_ends_open_streams_promptly(tmp_path: Path) -> None:
+    async with node_pair(tmp_path) as pair, api(pair.a.socket) as a:
+        from meshd.api.v1 import messaging_pb2 as mpb
+
+        stream = a.msg.Subscribe(mpb.SubscribeRequest(), metadata=a.md)
+        first = await stream.read()  # the stream is live (neighbour_up is in the log)
+        assert first.cursor > 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await pair.a.server.stop(5.0)
+        assert loop.time() - started < 2.0  # not the 5 s grace
+        async with asyncio.timeout(5):
+            while (ev := await stream.read()) is not grpc.aio.EOF:  # ends cleanly, no error
+                assert ev.cursor > first.cursor
+        assert await stream.code() == grpc.StatusCode.OK
