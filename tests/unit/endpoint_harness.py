@@ -87,3 +87,47 @@ class Wire:
             nxt = min(deadlines, default=end)
             self.now = min(end, max(nxt, self.now + tick))
         self.step()
+
+
+@dataclass
+class LossyLink:
+    """Endpoints joined through a seeded lossy channel that drops, duplicates, delays and
+    so reorders frames (the router's job is not modelled: every frame goes straight to the
+    endpoint named by its dst)."""
+
+    endpoints: list[Endpoint]
+    rng: random.Random
+    loss: float = 0.0
+    duplicate: float = 0.0
+    max_delay: float = 0.0
+    now: float = 0.0
+    in_flight: list[tuple[float, int, Frame]] = field(default_factory=list)
+    _seq: int = 0
+
+    def __post_init__(self) -> None:
+        self._by_addr = {ep.address: ep for ep in self.endpoints}
+
+    def run_until(self, end: float) -> None:
+        import heapq
+
+        while self.now <= end:
+            for ep in self.endpoints:
+                for frame in ep.poll(now=self.now, can_route=always):
+                    ep.on_transmitted(frame.frame_id, now=self.now)
+                    copies = 1 + (self.rng.random() < self.duplicate)
+                    for _ in range(copies):
+                        if self.rng.random() >= self.loss:
+                            self._seq += 1
+                            at = self.now + self.rng.uniform(0.0, self.max_delay)
+                            heapq.heappush(self.in_flight, (at, self._seq, frame))
+            while self.in_flight and self.in_flight[0][0] <= self.now:
+                _, _, frame = heapq.heappop(self.in_flight)
+                target = self._by_addr.get(frame.dst)
+                if target is not None:
+                    target.on_local_frame(frame, now=self.now, key_of=no_keys)
+            deadlines = [d for ep in self.endpoints if (d := ep.next_deadline()) is not None]
+            if self.in_flight:
+                deadlines.append(self.in_flight[0][0])
+            if not deadlines:
+                break
+            self.now = max(min(deadlines), self.now + 0.001)

@@ -238,3 +238,53 @@ def test_a_sender_leaves_its_unroutable_messages_with_a_neighbour() -> None:
     [got] = drain(b)
     assert isinstance(got, MessageReceived) and got.payload == b"bye"
     assert data.frame_id == mid
+
+
+def test_custody_passes_along_a_chain_of_custodians() -> None:
+    a, r1, r2, b = endpoint(1), endpoint(2), endpoint(5), endpoint(3)
+    mid = a.send(b.address, b"relay race", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r1.take_custody(data.hopped(), now=0.1)
+    [receipt1] = r1.poll(now=0.1, can_route=never)
+    a.on_local_frame(receipt1, now=0.2, key_of=no_keys)
+    assert held_states(drain(a))[-1] == (DeliveryState.HELD_BY_CUSTODIAN, r1.address)
+    # r1 probes; the probe reaches r2, whose router cannot go further either.
+    [probe] = [f for t in range(1, 20) for f in r1.poll(now=float(t), can_route=never)]
+    assert probe.type is FrameType.DATA and decode_data_body(probe.body).custodian == r1.address
+    assert r2.take_custody(probe.hopped(), now=20.0)
+    [receipt2] = r2.poll(now=20.0, can_route=never)
+    assert receipt2.dst == r1.address  # the previous custodian, not the sender
+    r1.on_local_frame(receipt2, now=20.1, key_of=no_keys)
+    assert r1.custody() == [] and r1.stats.custody_released == 1
+    # b shows up next to r2.
+    r2.path_available(b.address, now=500.0)
+    [offer] = r2.poll(now=500.0, can_route=always)
+    b.on_local_frame(offer, now=500.1, key_of=no_keys)
+    [got] = drain(b)
+    assert isinstance(got, MessageReceived) and (got.src, got.message_id) == (a.address, mid)
+    [receipt3] = b.poll(now=500.1, can_route=always)
+    assert receipt3.dst == r2.address
+    r2.on_local_frame(receipt3, now=500.2, key_of=no_keys)
+    [relayed] = r2.poll(now=500.2, can_route=always)
+    assert relayed.dst == a.address
+    a.on_local_frame(relayed, now=500.3, key_of=no_keys)
+    assert held_states(drain(a))[-1][0] is DeliveryState.DELIVERED
+
+
+def test_custody_survives_a_restart() -> None:
+    a, r, b = endpoint(1), endpoint(2), endpoint(3)
+    mid = a.send(b.address, b"keep me", now=0.0, lifetime=1000.0, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    assert r.take_custody(data, now=0.0)
+    saved = r.custody_records()
+    assert [(f.frame_id, until) for f, until in saved] == [(mid, 1000.0)]
+    assert r.custody() == [data]
+    r2 = endpoint(2, seed=9)
+    r2.restore_custody([*saved, *saved, (data, 5.0)], now=10.0)  # duplicate, expired: skipped
+    assert len(r2.custody()) == 1
+    r2.path_available(b.address, now=10.0)
+    [offer] = r2.poll(now=10.0, can_route=always)
+    b.on_local_frame(offer, now=10.1, key_of=no_keys)
+    assert [e.message_id for e in drain(b) if isinstance(e, MessageReceived)] == [mid]
+    r2.poll(now=2000.0, can_route=never)
+    assert r2.custody() == []  # held no longer than the message's lifetime
