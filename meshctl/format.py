@@ -88,6 +88,12 @@ def payload_text(payload: bytes) -> str:
     return text if len(text) <= _PAYLOAD_PREVIEW else text[: _PAYLOAD_PREVIEW - 1] + "…"
 
 
+def hops_text(m: mpb.Message) -> str:
+    if not m.HasField("hops"):
+        return "-"
+    return "1 hop" if m.hops == 1 else f"{m.hops} hops"
+
+
 def status_text(
     resp: npb.GetStatusResponse, transports: Sequence[npb.Transport]
 ) -> str:
@@ -159,7 +165,7 @@ def history_table(messages: Sequence[mpb.Message]) -> str:
     rows = []
     for m in messages:
         outgoing = m.direction == mpb.DIRECTION_OUTGOING
-        state = state_name(m.state) if outgoing else f"{m.hops} hops" if m.HasField("hops") else "-"
+        state = state_name(m.state) if outgoing else hops_text(m)
         if m.reason:
             state += f" ({m.reason})"
         rows.append([
@@ -179,7 +185,7 @@ def event_line(ev: mpb.Event) -> str:
     kind = ev.WhichOneof("kind")
     if kind == "message_received":
         m = ev.message_received.message
-        hops = f", {m.hops} hops" if m.HasField("hops") else ""
+        hops = f", {hops_text(m)}" if m.HasField("hops") else ""
         text = payload_text(m.payload)
         return head + f"message from {m.peer} ({m.message_id[:16]}{hops}): {text}"
     if kind == "delivery_state":

@@ -82,6 +82,8 @@ def test_history_table() -> None:
     assert lines[0].split() == ["TIME", "DIR", "PEER", "STATE", "ID", "TEXT"]
     assert lines[1].split() == ["-", "to", ADDR, "failed", "(expired)", "ab" * 8, "hi"]
     assert lines[2].split() == ["-", "from", ADDR, "2", "hops", "cd" * 8, "yo"]
+    inc.hops = 1
+    assert fmt.history_table([inc]).splitlines()[1].split()[3:5] == ["1", "hop"]
 
 
 def test_event_lines() -> None:
