@@ -130,7 +130,7 @@ class Node:
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._gate: SyncGate | None = None  # frames and replies waiting for an fsync
         self._subscribers: set[asyncio.Event] = set()
-        self._app_events_added = False  # by API calls between pumps
+        self._visible_cursor = 0  # last committed event cursor: what subscribers may see
         self._app_owners: dict[str, int] = {}
         self._started_at = time.time()
         self._running = False
@@ -188,6 +188,7 @@ class Node:
             self._core.set_battery(self._battery, charging=False, now=now)
         pruned = self.store.prune_events(now=time.time())
         self.store.commit()
+        self._visible_cursor = self.store.last_cursor()
         self._running = True
         self._started_at = time.time()
         for transport in self._transports:
@@ -323,10 +324,9 @@ class Node:
         self._pump_handle = None
         core = self.core
         wall = time.time()
-        new_events, self._app_events_added = self._app_events_added, False
         while (event := core.next_event()) is not None:
             try:
-                new_events |= self._handle_event(event, wall)
+                self._handle_event(event, wall)
             except StoreError as exc:
                 self.log.error("store_write_failed", event=type(event).__name__, error=str(exc))
         waiters, self._commit_waiters = self._commit_waiters, []
@@ -342,7 +342,9 @@ class Node:
                     w.set_exception(exc)
             self._arm_timer()
             return
-        if new_events:
+        committed = self.store.last_cursor()
+        if committed > self._visible_cursor:  # new events are on disk: show them
+            self._visible_cursor = committed
             self._wake_subscribers()
         durable, self.store.durable_pending = self.store.durable_pending, False
         assert self._gate is not None
@@ -375,13 +377,14 @@ class Node:
             self.log.exception("core_timer_failed")
         self._pump()
 
-    def _handle_event(self, event: CoreEvent, wall: float) -> bool:
-        """Persist one core event; True when it added to the app event log."""
+    def _handle_event(self, event: CoreEvent, wall: float) -> None:
+        """Persist one core event (and what apps should see of it)."""
         store = self.store
         if isinstance(event, MessageReceived):
-            return self._message_received(event, wall)
+            self._message_received(event, wall)
+            return
         if isinstance(event, DeliveryStateChanged):
-            cursor = store.set_outgoing_state(
+            store.set_outgoing_state(
                 event.message_id, event.state, event.reason, at=wall
             )
             if self._debug:
@@ -392,7 +395,7 @@ class Node:
                     state=event.state.value,
                     reason=event.reason,
                 )
-            return cursor is not None
+            return
         if isinstance(event, NeighbourUp | NeighbourDown):
             up = isinstance(event, NeighbourUp)
             kind = AppEventKind.NEIGHBOUR_UP if up else AppEventKind.NEIGHBOUR_DOWN
@@ -400,7 +403,7 @@ class Node:
             detail = entry[0].description if entry else ""
             store.append_event(None, kind, wall, peer=event.peer, detail=detail)
             self.log.info("neighbour_up" if up else "neighbour_down", peer=event.peer.short)
-            return True
+            return
         if isinstance(event, PathChanged):
             if event.next_hop is None:
                 store.delete_path(event.dst)
@@ -411,15 +414,15 @@ class Node:
             store.append_event(None, AppEventKind.PATH_CHANGED, wall, peer=event.dst, detail=detail)
             if self._debug:
                 self.log.debug("path_changed", peer=event.dst.short, detail=detail)
-            return True
+            return
         if isinstance(event, PeerIdentityLearned):
             store.upsert_peer(event.identity, now=wall)
-            return False
+            return
         if isinstance(event, LinkAdviceChanged):
             entry = self._links.get(event.link_id)
             if entry is not None:
                 entry[1].advise(event.link_id, event.keep)
-            return False
+            return
         if isinstance(event, FrameRejected):
             entry = self._links.get(event.link_id)
             self.log.warning(
@@ -428,9 +431,8 @@ class Node:
                 peer=entry[0].peer.address.short if entry else None,
                 reason=event.reason,
             )
-        return False
 
-    def _message_received(self, event: MessageReceived, wall: float) -> bool:
+    def _message_received(self, event: MessageReceived, wall: float) -> None:
         try:
             env = decode_envelope(event.payload)
         except MeshdError as exc:
@@ -441,7 +443,7 @@ class Node:
                 message_id=event.message_id.hex(),
                 error=str(exc),
             )
-            return False
+            return
         record = self.store.add_incoming(
             message_id=event.message_id,
             app_id=env.app_id,
@@ -460,7 +462,6 @@ class Node:
                 app=env.app_id,
                 hops=event.hops,
             )
-        return record is not None
 
     async def _durable(self) -> None:
         """Wait until every write so far is committed (the next pump)."""
@@ -554,7 +555,6 @@ class Node:
             created_at=created,
             expires_at=created + lifetime,
         )
-        self._app_events_added = True
         await self._durable()
         if self._debug:
             self.log.debug(
@@ -601,7 +601,9 @@ class Node:
         self._subscribers.add(wake)
         try:
             while not self._closed:
-                batch = self.store.events_after(app_id, cursor, limit=_SUBSCRIBE_BATCH)
+                batch = self.store.events_after(
+                    app_id, cursor, limit=_SUBSCRIBE_BATCH, upto=self._visible_cursor
+                )
                 if not batch:
                     wake.clear()
                     await wake.wait()

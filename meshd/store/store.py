@@ -415,13 +415,18 @@ class Store:
         self._last_cursor = cursor
         return cursor
 
-    def events_after(self, app_id: str, cursor: int, *, limit: int) -> list[AppEvent]:
+    def events_after(
+        self, app_id: str, cursor: int, *, limit: int, upto: int | None = None
+    ) -> list[AppEvent]:
+        """Events after ``cursor`` for ``app_id`` (and node-wide ones), at most up to
+        ``upto`` (the node passes its last committed cursor: an app must never see a
+        cursor that a crash could hand out again)."""
         rows = self._read(
             "SELECT e.cursor, e.kind, e.at, e.state, e.reason, e.peer, e.detail, "
             f"e.history_id, {_HISTORY_COLS} FROM events e LEFT JOIN history h "
-            "ON h.id = e.history_id WHERE e.cursor > ? AND (e.app_id = ? OR e.app_id IS NULL) "
-            "ORDER BY e.cursor LIMIT ?",
-            (cursor, app_id, limit),
+            "ON h.id = e.history_id WHERE e.cursor > ? AND e.cursor <= ? "
+            "AND (e.app_id = ? OR e.app_id IS NULL) ORDER BY e.cursor LIMIT ?",
+            (cursor, self._last_cursor if upto is None else upto, app_id, limit),
         )
         return [_event(row) for row in rows]
 

@@ -325,3 +325,34 @@ async def test_failed_fsync_fails_the_send(tmp_path: Path) -> None:
         a.store.sync_wal = lambda: None  # type: ignore[method-assign]
         await a.stop()
         await b.stop()
+
+
+async def test_subscribers_never_see_uncommitted_cursors(tmp_path: Path) -> None:
+    """A cursor an app saw must survive a crash (else it could be handed out again)."""
+    a, _ = open_node(tmp_path, "a", 1)
+    b, _ = open_node(tmp_path, "b", 2)
+    await a.start()
+    events = a.subscribe(CHAT, after_cursor=None)
+    try:
+        first = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.05)
+        real_commit = a.store.commit
+        a.store.commit = lambda: None  # type: ignore[method-assign]  # hold the transaction
+        # Written but not committed (as between a write and its pump's commit): invisible,
+        # even to a woken subscriber and through pumps that failed to commit.
+        a.store.append_event(None, AppEventKind.PATH_CHANGED, time.time(), peer=b.address)
+        a._wake_subscribers()
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        a.store.commit = real_commit  # type: ignore[method-assign]
+        a._schedule_pump()  # commits: now it may be seen
+        ev = await asyncio.wait_for(first, 5)
+        assert ev.kind is AppEventKind.PATH_CHANGED
+        other = sqlite3.connect(tmp_path / "a" / "meshd.db")
+        committed = other.execute("SELECT max(cursor) FROM events").fetchone()[0]
+        other.close()
+        assert ev.cursor <= committed
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b.stop()

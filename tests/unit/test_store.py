@@ -286,3 +286,10 @@ def test_repeated_state_writes_nothing(store: Store) -> None:
     # After a restart (index rebuilt from the outbox rows) the same holds.
     store._inflight.clear()
     assert store.set_outgoing_state(b"r" * 8, DeliveryState.SENT, None, at=5.0) is None
+
+
+def test_events_after_stops_at_upto(store: Store) -> None:
+    for i in range(5):
+        store.append_event(None, AppEventKind.PATH_CHANGED, float(i), peer=A)
+    assert [e.cursor for e in store.events_after("x", 0, limit=10, upto=3)] == [1, 2, 3]
+    assert len(store.events_after("x", 0, limit=10)) == 5
