@@ -31,9 +31,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-# Popen(preexec_fn=...) while grpc threads run makes grpc log a fork() notice per child.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
 import grpc
 
 if __package__ in (None, ""):  # run as a script: make this checkout's meshd importable

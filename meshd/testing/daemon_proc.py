@@ -3,15 +3,15 @@ network namespace), wait for sd_notify READY=1, stop, ``kill -9``, restart with 
 state, run ``meshctl`` against it, read its log.
 
 Its files (state dir, log) survive restarts, so a restarted daemon has the same identity
-and store. Daemons get ``PR_SET_PDEATHSIG`` so that they die with the test process.
+and store. Daemons run under ``setpriv --pdeathsig KILL`` so that they die with the test process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +23,6 @@ from typing import Any
 
 from meshd.errors import DeadlineExceeded, FailedPrecondition, MeshdError
 
-_PR_SET_PDEATHSIG = 1
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,10 +30,17 @@ class LabError(MeshdError):
     """A lab command failed; the message carries the command and its output."""
 
 
-def set_pdeathsig() -> None:
-    """``preexec_fn``: the child is SIGKILLed if the test process dies (even by -9)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def deathsig_prefix() -> list[str]:
+    """``setpriv --pdeathsig KILL``: the child is SIGKILLed if the test process dies (even
+    by -9); it survives the execs of ``ip netns exec``.
+
+    Not a ``preexec_fn`` calling prctl: that forces fork() instead of vfork(), and in a
+    process with live grpc threads (async tests, the bench) grpc's fork handlers then abort
+    the child before it execs (seen: meshd "exited with -6", epoll_wait EBADF). Spawn
+    from the main thread: the signal fires when the spawning *thread* exits.
+    """
+    path = shutil.which("setpriv")
+    return [path, "--pdeathsig", "KILL"] if path else []
 
 
 def child_env(home: Path) -> dict[str, str]:
@@ -146,14 +152,13 @@ class MeshdProcess:
             log.flush()
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(
-                self._wrap(argv),
+                [*deathsig_prefix(), *self._wrap(argv)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.home,
                 start_new_session=True,
-                preexec_fn=set_pdeathsig,
             )
         self.starts += 1
         self.ready_s = None
@@ -255,13 +260,12 @@ class MeshdProcess:
     def meshctl_popen(self, *args: str) -> subprocess.Popen[str]:
         """A long-running meshctl (``watch``) with stdout/stderr piped; killed by close()."""
         proc = subprocess.Popen(
-            self._meshctl_argv(args),
+            [*deathsig_prefix(), *self._meshctl_argv(args)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=child_env(self.home),
-            preexec_fn=set_pdeathsig,
         )
         self._helpers.append(proc)
         return proc

@@ -10,7 +10,7 @@ meshd's discovery uses) and optionally an IPv4 /30. Loss is injected with nftabl
 Namespace names carry the owning pid and a random tag (``mlab-<pid>-<tag>-<node>``) so
 parallel runs never collide, and a lab left behind by a killed run is reaped by the next
 one. ``close()`` always kills every process in the lab's namespaces and deletes them;
-daemons also get ``PR_SET_PDEATHSIG`` so that they die with the test process.
+daemons run under ``setpriv --pdeathsig KILL`` so that they die with the test process.
 
 Needs root, ``ip`` (iproute2) and ``nft`` (nftables); :func:`unavailable_reason` says why
 not when they are missing.
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.errors import DeadlineExceeded, InvalidArgument
-from meshd.testing.daemon_proc import LabError, MeshdProcess, set_pdeathsig
+from meshd.testing.daemon_proc import LabError, MeshdProcess, deathsig_prefix
 
 NS_PREFIX = "mlab"
 _NS_RE = re.compile(rf"^{NS_PREFIX}-(\d+)-[0-9a-f]{{6}}-")
@@ -272,9 +272,8 @@ class NetnsLab:
     def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
         """Start a command inside ``node``'s namespace (killed by :meth:`close`)."""
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(node), *argv],
+            [*deathsig_prefix(), "ip", "netns", "exec", self.ns(node), *argv],
             text=True,
-            preexec_fn=set_pdeathsig,
             **kwargs,
         )
         self._helpers.append(proc)
