@@ -43,13 +43,24 @@ class OwnAnnounce:
                 self._dirty = True
 
     def bump(self) -> int:
-        """New sequence number (AODV §6.1: before a route reply, on each announce)."""
+        """New sequence number (AODV §6.1: before a path request). The signed announce is
+        not re-signed for it: its (older) number stays valid until a reply needs newer."""
         self.seq = (self.seq + 1) & 0xFFFFFFFF
-        self._dirty = True
         return self.seq
 
-    def encoded(self) -> bytes:
-        if self._dirty or self._cached is None:
+    def encoded(self, *, min_seq: int | None = None) -> bytes:
+        """The signed announce; re-signed when a field changed or it is older than
+        ``min_seq`` (a path reply must carry a number at least as new as requested)."""
+        stale = (
+            min_seq is not None
+            and self._cached is not None
+            and _newer(min_seq, self._cached[0])
+        )
+        if stale:
+            assert min_seq is not None
+            if _newer(min_seq, self.seq):
+                self.seq = min_seq
+        if self._dirty or self._cached is None or stale:
             if self._cached is not None and self._cached[0] == self.seq:
                 self.seq = (self.seq + 1) & 0xFFFFFFFF
             neighbours = self.neighbours[:MAX_NEIGHBOURS_LISTED]

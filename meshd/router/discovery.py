@@ -25,7 +25,6 @@ from meshd.router.bodies import (
     PREQ_FULL,
     PREQ_LEAF,
     PREQ_UNKNOWN_SEQ,
-    Announce,
     PathError,
     PathReply,
     PathRequest,
@@ -39,7 +38,7 @@ from meshd.router.e2e_bodies import CustodyOfferBody
 from meshd.router.events import LinkId, PathChanged
 from meshd.router.frames import Frame, FrameFlags, FrameType
 from meshd.router.linkrel import InFlight
-from meshd.router.paths import Route, seq_newer
+from meshd.router.paths import Route
 from meshd.router.ratelimit import TokenBucket
 from meshd.router.routing import (
     ENDPOINT_TYPES,
@@ -394,19 +393,17 @@ class Router(RouterBase):
         self.replied[request_id] = (cost, 1 if previous is None else previous[1] + 1)
         while len(self.replied) > 256:
             self.replied.popitem(last=False)
-        if not request.flags & PREQ_UNKNOWN_SEQ and not seq_newer(self.own.seq, request.dst_seq):
-            self.own.seq = request.dst_seq  # AODV §6.6.1: answer with a fresher number
-            self.own.bump()
-        reply = PathReply(0, int(self.config.route_lifetime), request_id,
-                          self._own_announce())
+        min_seq = None
+        if not request.flags & PREQ_UNKNOWN_SEQ:
+            # AODV §6.6.1: answer with a number at least as new as the one asked for.
+            min_seq = request.dst_seq
+        announce = decode_announce(self.own.encoded(min_seq=min_seq))
+        reply = PathReply(0, int(self.config.route_lifetime), request_id, announce)
         out = Frame(
             FrameType.PATH_REPLY, self.rng.randbytes(8), self.address, frame.src,
             reply.encode(), ttl=self.config.default_ttl,
         )
         self.route_out(Pending(out, False, None, now), now=now)
-
-    def _own_announce(self) -> Announce:
-        return decode_announce(self.own.encoded())
 
     def learn_from_announce(self, address: NodeAddress, body: bytes) -> None:
         try:
@@ -568,7 +565,7 @@ class Router(RouterBase):
                 assert isinstance(payload, tuple)
                 self.discovery_timeout(payload[0], payload[1], now=now)
             elif kind == "announce":
-                self.announce_to(list(self.neighbours))
+                self.periodic_announce(now=now)
                 interval = self.config.announce_interval
                 self.schedule(now + interval * self.rng.uniform(0.9, 1.1), "announce", None)
             elif kind == "reannounce":

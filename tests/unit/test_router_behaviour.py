@@ -123,3 +123,17 @@ def test_link_down_reports_the_neighbour_and_reroutes() -> None:
     fabric.run_for(10.0)
     assert delivered(fabric, 0) == 1
     assert route_via(cores[0], cores[2]) == cores[1].address
+
+
+def test_unchanged_announces_are_sent_rarely_and_changes_promptly() -> None:
+    config = CoreConfig(announce_interval=10.0)
+    fabric, cores = build_mesh(2, [(0, 1)], seed=90, config=config)
+    fabric.run_for(5.0)
+    start = cores[0].router.stats.tx.get("ANNOUNCE", 0)
+    fabric.run_for(45.0)  # ~4 intervals, nothing changed
+    assert cores[0].router.stats.tx.get("ANNOUNCE", 0) - start <= 1
+    cores[0].set_battery(20, charging=False, now=fabric.now)  # crosses 30 %: announce now
+    fabric.kick(0)
+    fabric.run_for(0.5)
+    assert cores[0].router.stats.tx.get("ANNOUNCE", 0) - start >= 1
+    assert [n.battery for n in cores[1].neighbours()] == [20]
