@@ -9,6 +9,7 @@ must see nobody, whatever process writes the bytes afterwards.
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import shutil
 import socket
@@ -28,7 +29,17 @@ from tests.integration.api_harness import node_pair
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"  # the child needs only the standard library
+
+
+def _nogroup_is_65534() -> bool:
+    try:
+        return grp.getgrnam("nogroup").gr_gid == NOBODY
+    except KeyError:
+        return False
+
+
 pytestmark = [
+    pytest.mark.skipif(not _nogroup_is_65534(), reason="no group nogroup (65534)"),
     pytest.mark.timeout(60),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a client as nobody"),
     pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no /usr/bin/python3"),
