@@ -10,6 +10,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,6 +24,29 @@ from meshd.sdnotify import SdNotifier
 from meshd.transports.base import Transport
 
 _STATUS_INTERVAL_S = 30.0
+_BATTERY_INTERVAL_S = 60.0
+POWER_SUPPLY = Path("/sys/class/power_supply")
+
+
+def read_battery(root: Path = POWER_SUPPLY) -> tuple[int, bool] | None:
+    """(level %, charging) of the first system battery in sysfs; None without one
+    (mains power: the router then treats this node as unconstrained)."""
+    try:
+        supplies = sorted(root.iterdir())
+    except OSError:
+        return None
+    for supply in supplies:
+        try:
+            if (supply / "type").read_text().strip() != "Battery":
+                continue
+            if (supply / "scope").exists() and (supply / "scope").read_text().strip() != "System":
+                continue  # a mouse or headset battery
+            level = int((supply / "capacity").read_text().strip())
+            status = (supply / "status").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        return max(0, min(100, level)), status in ("Charging", "Full")
+    return None
 
 
 def build_transports(cfg: Config, identity: Identity, log: Any) -> list[Transport]:
@@ -57,14 +81,24 @@ async def _start_api(node: Node, cfg: Config, log: Any) -> Any:
     return await serve(node, str(cfg.socket))
 
 
-async def _keepalive(node: Node, notifier: SdNotifier) -> None:
-    """WATCHDOG=1 at half of $WATCHDOG_USEC, and a STATUS line every 30 s."""
+async def _keepalive(node: Node, notifier: SdNotifier, *, poll_battery: bool) -> None:
+    """WATCHDOG=1 at half of $WATCHDOG_USEC, a STATUS line every 30 s, and the system
+    battery every 60 s (unless --battery fixed it)."""
     interval = notifier.watchdog_interval
     step = min(interval, _STATUS_INTERVAL_S) if interval else _STATUS_INTERVAL_S
     since_status = 0.0
+    since_battery = _BATTERY_INTERVAL_S
+    last_battery: tuple[int, bool] | None = None
     while True:
+        if poll_battery and since_battery >= _BATTERY_INTERVAL_S:
+            since_battery = 0.0
+            battery = read_battery()
+            if battery is not None and battery != last_battery:
+                node.set_battery(battery[0], charging=battery[1])
+                last_battery = battery
         await asyncio.sleep(step)
         since_status += step
+        since_battery += step
         if interval:
             notifier.notify(WATCHDOG=1)
         if since_status >= _STATUS_INTERVAL_S:
@@ -98,7 +132,9 @@ async def run(cfg: Config, *, notifier: SdNotifier | None = None) -> int:
         server = await _start_api(node, cfg, node.log)
         notifier.notify(READY=1, STATUS=_status_line(node))
         node.log.info("ready", socket=str(cfg.socket), state_dir=str(cfg.state_dir))
-        keepalive = asyncio.create_task(_keepalive(node, notifier))
+        keepalive = asyncio.create_task(
+            _keepalive(node, notifier, poll_battery=cfg.battery is None)
+        )
         await stop.wait()
         node.log.info("stopping")
         notifier.notify(STOPPING=1, STATUS="stopping")

@@ -260,6 +260,11 @@ class Node:
             self.core.restore(entries, now=now)
             self.log.info("outbox_restored", messages=len(entries))
 
+    def set_battery(self, level: int, *, charging: bool) -> None:
+        """Tell the router the battery level (it relays less when low)."""
+        self.core.set_battery(level, charging=charging, now=self._now())
+        self._schedule_pump()
+
     def _maintain(self) -> None:
         assert self._loop is not None
         self._maintenance = self._loop.call_later(_MAINTENANCE_INTERVAL_S, self._maintain)

@@ -8,7 +8,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +55,15 @@ async def wait_for(
         raise AssertionError("event stream ended")
 
     return await asyncio.wait_for(scan(), within)
+
+
+async def until(pred: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll ``pred`` (state with no event to wait on, e.g. a neighbour's announce)."""
+    for _ in range(int(within / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
 
 
 def received(ev: AppEvent) -> bool:
@@ -354,5 +363,28 @@ async def test_subscribers_never_see_uncommitted_cursors(tmp_path: Path) -> None
         assert ev.cursor <= committed
     finally:
         await events.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await b.stop()
+
+
+async def test_battery_reaches_the_neighbours(tmp_path: Path) -> None:
+    made: list[MemoryTransport] = []
+
+    def transports(identity: Identity) -> list[MemoryTransport]:
+        made.append(MemoryTransport(identity.public, name="a"))
+        return made
+
+    a = Node.open(
+        tmp_path / "a", transports=transports, battery=20, logger=make_logger(level="warning")
+    )
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(made[0], tb)
+    await a.start()
+    await b.start()
+    try:
+        await until(lambda: bool(b.neighbours()) and b.neighbours()[0].battery == 20)
+        a.set_battery(70, charging=True)
+        await until(lambda: b.neighbours()[0].battery == 70)
+    finally:
         await a.stop()
         await b.stop()

@@ -208,3 +208,26 @@ def test_kill_9_loses_no_accepted_message(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_read_battery_from_sysfs(tmp_path: Path) -> None:
+    from meshd.__main__ import read_battery
+
+    assert read_battery(tmp_path / "missing") is None
+    mains = tmp_path / "AC"
+    mains.mkdir()
+    (mains / "type").write_text("Mains\n")
+    assert read_battery(tmp_path) is None
+    mouse = tmp_path / "hidpp_battery_0"
+    mouse.mkdir()
+    for name, value in (("type", "Battery"), ("scope", "Device"), ("capacity", "5"),
+                        ("status", "Discharging")):
+        (mouse / name).write_text(value + "\n")
+    assert read_battery(tmp_path) is None  # a peripheral's battery is not ours
+    bat = tmp_path / "BAT0"
+    bat.mkdir()
+    for name, value in (("type", "Battery"), ("capacity", "42"), ("status", "Charging")):
+        (bat / name).write_text(value + "\n")
+    assert read_battery(tmp_path) == (42, True)
+    (bat / "status").write_text("Discharging\n")
+    assert read_battery(tmp_path) == (42, False)
