@@ -271,11 +271,12 @@ class Node:
         try:
             self._snapshot_attempts()
             pruned = self.store.prune_events(now=time.time())
+            pruned_history = self.store.prune_history(now=time.time())
         except StoreError as exc:
             self.log.error("store_maintenance_failed", error=str(exc))
             return
-        if pruned:
-            self.log.info("events_pruned", count=pruned)
+        if pruned or pruned_history:
+            self.log.info("store_pruned", events=pruned, messages=pruned_history)
         self._schedule_pump()
 
     def _snapshot_attempts(self) -> None:

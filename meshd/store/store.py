@@ -29,6 +29,9 @@ from meshd.store.schema import open_database
 # Retention of the event log (what Subscribe can resume from).
 EVENT_RETENTION_COUNT = 100_000
 EVENT_RETENTION_SECONDS = 7 * 24 * 3600.0
+# Message history: 90 days or the last million messages, whichever is smaller.
+HISTORY_RETENTION_COUNT = 1_000_000
+HISTORY_RETENTION_SECONDS = 90 * 24 * 3600.0
 
 _HISTORY_COLS = (
     "h.id, h.cursor, h.message_id, h.app_id, h.direction, h.peer, h.payload, h.created_at, "
@@ -448,6 +451,24 @@ class Store:
         last = self.last_cursor()
         cur = self._write(
             "DELETE FROM events WHERE cursor <= ? OR at < ?", (last - keep, now - max_age)
+        )
+        return cur.rowcount
+
+    def prune_history(
+        self,
+        *,
+        now: float,
+        keep: int = HISTORY_RETENTION_COUNT,
+        max_age: float = HISTORY_RETENTION_SECONDS,
+    ) -> int:
+        """Drop messages beyond the retention bounds, except those still in the outbox or
+        referenced by a retained event; returns how many went."""
+        cur = self._write(
+            "DELETE FROM history WHERE (created_at < ? OR id <= "
+            "(SELECT coalesce(max(id), 0) FROM history) - ?) "
+            "AND id NOT IN (SELECT history_id FROM outbox) "
+            "AND id NOT IN (SELECT history_id FROM events WHERE history_id IS NOT NULL)",
+            (now - max_age, keep),
         )
         return cur.rowcount
 

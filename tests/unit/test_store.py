@@ -293,3 +293,23 @@ def test_events_after_stops_at_upto(store: Store) -> None:
         store.append_event(None, AppEventKind.PATH_CHANGED, float(i), peer=A)
     assert [e.cursor for e in store.events_after("x", 0, limit=10, upto=3)] == [1, 2, 3]
     assert len(store.events_after("x", 0, limit=10)) == 5
+
+
+def test_history_retention_keeps_outbox_and_evented_messages(store: Store) -> None:
+    now = time.time()
+    _send(store, b"o" * 8, at=now - 1000)  # old but still in the outbox
+    for i in range(5):
+        store.add_incoming(
+            message_id=bytes([i]) * 8,
+            app_id="chat",
+            src=B,
+            content=b"",
+            received_at=now - 1000,
+            hops=1,
+        )
+    assert store.prune_history(now=now, max_age=10) == 0  # every one has a retained event
+    store.prune_events(now=now, max_age=10)  # the events went: the incoming ones may go
+    assert store.prune_history(now=now, max_age=10) == 5
+    assert [
+        r.message_id for r in store.history("chat", peer=None, limit=10, before_cursor=None)
+    ] == [b"o" * 8]
