@@ -161,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MeshdError as exc:
         print(f"meshd: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path we cannot create or bind: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"meshd: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130
 

@@ -231,3 +231,18 @@ def test_read_battery_from_sysfs(tmp_path: Path) -> None:
     assert read_battery(tmp_path) == (42, True)
     (bat / "status").write_text("Discharging\n")
     assert read_battery(tmp_path) == (42, False)
+
+
+def test_unusable_socket_path_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshd", "--state-dir", str(tmp_path / "state"),
+         "--socket", str(blocker / "api.sock"), "--listen", "127.0.0.1:0", "--no-discovery",
+         "--log-format", "json"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("meshd: ") and str(blocker) in last
+    assert "Traceback" not in proc.stderr
