@@ -276,8 +276,12 @@ def build_mesh(
     """``count`` MeshCores (real Endpoint) linked along ``edges`` in a fresh fabric."""
     fabric = MemFabric(seed=seed)
     cores = [
-        MeshCore(identity_for(i, seed=seed), now=fabric.now, rng=random.Random(seed * 7919 + i),
-                 config=config)
+        MeshCore(
+            identity_for(i, seed=seed),
+            now=fabric.now,
+            rng=random.Random(seed * 7919 + i),
+            config=config,
+        )
         for i in range(count)
     ]
     for core in cores:
