@@ -195,7 +195,9 @@ class Store:
             reason=None,
             hops=None,
         )
-        history_id, cursor = self._add_history(record, AppEventKind.DELIVERY_STATE, created_at)
+        added = self._add_history(record, AppEventKind.DELIVERY_STATE, created_at)
+        assert added is not None  # a plain INSERT either adds the row or raises
+        history_id, cursor = added
         self._write(
             "INSERT INTO outbox (message_id, history_id, app_id, dst, created_at, expires_at, "
             "state, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
@@ -315,23 +317,24 @@ class Store:
             reason=None,
             hops=hops,
         )
-        dup = self._read(
-            "SELECT 1 FROM history WHERE direction = ? AND peer = ? AND message_id = ?",
-            (Direction.INCOMING.value, src.raw, message_id),
+        added = self._add_history(
+            record, AppEventKind.MESSAGE_RECEIVED, received_at, if_new=True
         )
-        if dup:
+        if added is None:
             return None
         self.durable_pending = True
-        _, cursor = self._add_history(record, AppEventKind.MESSAGE_RECEIVED, received_at)
-        return _with_cursor(record, cursor)
+        return _with_cursor(record, added[1])
 
     def _add_history(
-        self, rec: MessageRecord, kind: AppEventKind, at: float
-    ) -> tuple[int, int]:
-        """Insert the history row and its event; (history id, event cursor)."""
+        self, rec: MessageRecord, kind: AppEventKind, at: float, *, if_new: bool = False
+    ) -> tuple[int, int] | None:
+        """Insert the history row and its event; (history id, event cursor). With
+        ``if_new``, None when (direction, peer, message_id) is already there (the UNIQUE
+        constraint decides: one statement, no SELECT first)."""
         cursor = self._last_cursor + 1
+        verb = "INSERT OR IGNORE" if if_new else "INSERT"
         cur = self._write(
-            "INSERT INTO history (cursor, message_id, app_id, direction, peer, payload, "
+            f"{verb} INTO history (cursor, message_id, app_id, direction, peer, payload, "
             "created_at, state, reason, hops) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 cursor,
@@ -346,6 +349,8 @@ class Store:
                 rec.hops,
             ),
         )
+        if cur.rowcount == 0:
+            return None
         history_id = cur.lastrowid
         assert history_id is not None
         appended = self.append_event(
