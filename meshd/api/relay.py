@@ -25,6 +25,7 @@ from meshd.api.peercred import PeerCred, is_admin, peer_credentials
 from meshd.errors import PermissionDenied
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux (unix(7))
+MAX_CONNECTIONS = 1024  # open API connections at once (apps keep one channel each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +124,10 @@ class CredentialRelay:
         log: structlog.typing.FilteringBoundLogger,
         *,
         admin_group: str = "meshd-admin",
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._registry = registry
+        self._max = max_connections
         self._backend = backend_path
         self._dir = private_dir
         self._log = log
@@ -144,6 +147,11 @@ class CredentialRelay:
 
     def _connection_made(self, front: _Pipe) -> None:
         assert front.transport is not None
+        if len(self._pipes) + len(self._tasks) >= self._max:
+            # Every connection holds a gRPC connection and two sockets: bound them.
+            self._log.warning("api_connection_limit", limit=self._max)
+            front.transport.abort()
+            return
         front.transport.pause_reading()  # until the backend is connected
         task = asyncio.get_running_loop().create_task(self._attach(front, front.transport))
         self._tasks.add(task)

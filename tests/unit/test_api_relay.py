@@ -82,3 +82,31 @@ async def test_backend_down_closes_the_client(tmp_path: Path) -> None:
         w.close()
     finally:
         await relay.stop()
+
+
+async def test_connections_past_the_limit_are_refused(tmp_path: Path) -> None:
+    private = _make_private_dir(str(tmp_path))
+    backend_path = os.path.join(private, "backend.sock")
+    backend = await _echo_backend(backend_path, [])
+    log = structlog.get_logger("test")
+    registry = CredentialRegistry()
+    relay = CredentialRelay(registry, backend_path, private, log, max_connections=2)
+    public = str(tmp_path / "public.sock")
+    await relay.start(_listen(public, private, "no-such-group-meshd", log))
+    writers = []
+    try:
+        for i in range(2):
+            r, w = await asyncio.open_unix_connection(public)
+            writers.append(w)
+            w.write(b"ping%d" % i)
+            assert await asyncio.wait_for(r.readexactly(5), 5) == b"ping%d" % i
+        r, w = await asyncio.open_unix_connection(public)
+        writers.append(w)
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(r.read(), 5) == b""
+        assert len(registry) == 2
+    finally:
+        for w in writers:
+            w.close()
+        await relay.stop()
+        backend.close()
