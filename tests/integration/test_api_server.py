@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -121,22 +122,25 @@ class _BrokenRoutes:
         raise RuntimeError("simulated bug")
 
 
-async def test_unexpected_exception_is_internal_and_server_survives(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_unexpected_exception_is_internal_and_server_survives(tmp_path: Path) -> None:
     async with node_pair(tmp_path) as pair:
         broken = _BrokenRoutes(pair.a.node)
-        server = await serve(broken, str(tmp_path / "broken.sock"))  # type: ignore[arg-type]
-        try:
-            async with api(str(tmp_path / "broken.sock")) as a:
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await a.node.ListRoutes(npb.ListRoutesRequest())
-                assert info.value.code() == grpc.StatusCode.INTERNAL
-                assert "simulated bug" not in (info.value.details() or "")
-                resp = await a.node.GetStatus(npb.GetStatusRequest())
-                assert resp.status.address == pair.a.address
-        finally:
-            await server.stop(0.1)
+        with structlog.testing.capture_logs() as logs:
+            server = await serve(broken, str(tmp_path / "broken.sock"))  # type: ignore[arg-type]
+            try:
+                async with api(str(tmp_path / "broken.sock")) as a:
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await a.node.ListRoutes(npb.ListRoutesRequest())
+                    assert info.value.code() == grpc.StatusCode.INTERNAL
+                    assert "simulated bug" not in (info.value.details() or "")
+                    resp = await a.node.GetStatus(npb.GetStatusRequest())
+                    assert resp.status.address == pair.a.address
+            finally:
+                await server.stop(0.1)
+    failures = [e for e in logs if e["event"] == "api_call_failed"]
+    assert len(failures) == 1
+    assert failures[0]["method"] == "/meshd.v1.NodeService/ListRoutes"
+    assert failures[0]["exc_info"] is True and failures[0]["log_level"] == "error"
 
 
 async def test_stop_ends_open_streams_promptly(tmp_path: Path) -> None:
