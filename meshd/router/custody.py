@@ -76,7 +76,8 @@ class HeldFrame:
             original.src,
             original.dst,
             DataBody(self.body.payload, left, custodian=custodian).encode(),
-            original.flags | FrameFlags.CUSTODY_ALLOWED,
+            # Never FLOOD: a copy that arrived flooded is handed on as plain unicast.
+            (original.flags & ~FrameFlags.FLOOD) | FrameFlags.CUSTODY_ALLOWED,
             ttl=ttl,
             # A new attempt number, so relays' (frame_id, attempt) dedup lets it through.
             attempt=(original.attempt + self.handoffs + 1) % 256,

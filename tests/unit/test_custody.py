@@ -288,3 +288,15 @@ def test_custody_survives_a_restart() -> None:
     assert [e.message_id for e in drain(b) if isinstance(e, MessageReceived)] == [mid]
     r2.poll(now=2000.0, can_route=never)
     assert r2.custody() == []  # held no longer than the message's lifetime
+
+
+def test_a_flooded_copy_is_handed_on_as_unicast() -> None:
+    a, r, b = endpoint(1), endpoint(2), endpoint(3)
+    a.send(b.address, b"x", now=0.0, lifetime=None, message_id=None)
+    [data] = a.poll(now=0.0, can_route=always)
+    flooded = replace(data, flags=data.flags | FrameFlags.FLOOD)
+    assert r.take_custody(flooded, now=0.0)
+    r.path_available(b.address, now=1.0)
+    offers = [f for f in r.poll(now=1.0, can_route=always) if f.type is FrameType.CUSTODY_OFFER]
+    inner = decode_offer_body(offers[0].body).inner
+    assert not inner.flags & FrameFlags.FLOOD and inner.flags & FrameFlags.CUSTODY_ALLOWED
