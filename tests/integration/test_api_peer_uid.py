@@ -23,6 +23,8 @@ import grpc
 import pytest
 
 from meshd.api.server import serve
+from meshd.api.v1 import messaging_pb2 as mpb
+from meshd.api.v1 import messaging_pb2_grpc as mgrpc
 from meshd.api.v1 import node_pb2 as npb
 from meshd.api.v1 import node_pb2_grpc as ngrpc
 from tests.integration.api_harness import node_pair
@@ -137,6 +139,11 @@ async def test_caller_as_nobody_is_seen_as_nobody(tmp_path: Path) -> None:
         try:
             st = os.stat(api_path)
             assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, NOBODY)
+            # Root uses app "shared" first, so it belongs to uid 0.
+            async with grpc.aio.insecure_channel(f"unix:{api_path}") as root_channel:
+                await mgrpc.MessagingServiceStub(root_channel).ListHistory(
+                    mpb.ListHistoryRequest(), metadata=(("meshd-app", "shared"),)
+                )
             got = await _connect_as(NOBODY, NOBODY, api_path, work)
             assert got is not None
             fd, child_pid = got
@@ -145,6 +152,18 @@ async def test_caller_as_nobody_is_seen_as_nobody(tmp_path: Path) -> None:
                 resp = await ngrpc.NodeServiceStub(channel).GetStatus(
                     npb.GetStatusRequest(), metadata=(("meshd-app", "guest"),)
                 )
+                messaging = mgrpc.MessagingServiceStub(channel)
+                mine = await messaging.ListHistory(
+                    mpb.ListHistoryRequest(), metadata=(("meshd-app", "guest"),)
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await messaging.ListHistory(
+                        mpb.ListHistoryRequest(), metadata=(("meshd-app", "shared"),)
+                    )
+            assert list(mine.messages) == []
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert (info.value.details() or "").startswith("app_id: ")
+            assert f"belongs to uid 0, not {NOBODY}" in (info.value.details() or "")
             caller = resp.caller
             assert (caller.uid, caller.gid, caller.pid) == (NOBODY, NOBODY, child_pid)
             assert caller.app_id == "guest" and not caller.is_admin
