@@ -602,6 +602,13 @@ class Node:
         app_id = self._authorize(caller)
         if after_cursor is not None and after_cursor < 0:
             raise InvalidArgument("after_cursor must be >= 0", field="after_cursor")
+        if after_cursor is not None and after_cursor > self._visible_cursor:
+            # No app can have seen it here: the state directory was reset or replaced.
+            raise InvalidArgument(
+                f"after_cursor {after_cursor} is ahead of this node's event log (last "
+                f"{self._visible_cursor}): was its state reset? Subscribe without a cursor",
+                field="after_cursor",
+            )
         cursor = after_cursor or 0
         wake = asyncio.Event()
         self._subscribers.add(wake)

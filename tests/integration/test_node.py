@@ -254,6 +254,10 @@ async def test_app_isolation_and_ownership(tmp_path: Path) -> None:
         assert life.value.field == "lifetime"
         with pytest.raises(InvalidArgument):
             b.history(CHAT, peer=None, limit=0, before_cursor=None)
+        ahead = b.subscribe(CHAT, after_cursor=10_000)
+        with pytest.raises(InvalidArgument, match="ahead of this node") as reset:
+            await ahead.__anext__()
+        assert reset.value.field == "after_cursor"
     finally:
         await chat.aclose()  # type: ignore[attr-defined]
         await other.aclose()  # type: ignore[attr-defined]
