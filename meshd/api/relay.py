@@ -67,7 +67,6 @@ class _Pipe(asyncio.Protocol):
         self.other: _Pipe | None = None
         self._pending: list[bytes] = []
         self._on_lost = on_lost
-        self._paused_other = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -176,11 +175,13 @@ class CredentialRelay:
             loop = asyncio.get_running_loop()
             await loop.sock_connect(back_sock, self._backend)
             await loop.create_unix_connection(lambda: back, sock=back_sock)
-        except OSError as exc:
+        except BaseException as exc:  # OSError, or cancelled by stop()
             back_sock.close()
             self._registry.remove(path)
-            self._log.error("api_backend_unreachable", error=str(exc))
             transport.close()
+            if not isinstance(exc, OSError):
+                raise
+            self._log.error("api_backend_unreachable", error=str(exc))
             return
         finally:
             # The kernel keeps the bound name for getpeername(); the file is not needed.
