@@ -69,7 +69,8 @@ class Scenario:
         checks: list[tuple[bool, str, str]] = [
             (self.nodes >= 2, "nodes", "at least 2"),
             (self.topology in TOPOLOGIES, "topology", f"one of {', '.join(TOPOLOGIES)}"),
-            (1.0 <= self.degree <= self.nodes - 1, "degree", "between 1 and nodes - 1"),
+            (self.topology not in ("rgg", "clusters") or 1.0 <= self.degree <= self.nodes - 1,
+             "degree", "between 1 and nodes - 1"),
             (0.0 <= self.loss < 1.0, "loss", "in [0, 1)"),
             (self.latency >= 0, "latency", "not negative"),
             (self.bandwidth >= 0, "bandwidth", "not negative (0 = infinite)"),

@@ -167,3 +167,17 @@ def test_seen_cache_is_bounded_in_count_and_age() -> None:
     assert seen.check_and_add((999).to_bytes(4, "big"), 1.0)
     assert not seen.check_and_add((999).to_bytes(4, "big") + b"x", 20.0)
     assert len(seen) == 1
+
+
+def test_flood_ttl_override_limits_the_reach_of_the_baseline() -> None:
+    from meshd.sim.scenario import Scenario, run_strategy
+
+    far = Scenario(nodes=8, topology="line", messages=8, pairs=8, duration=5.0, drain=2000.0,
+                   battery="full", seed=2)
+    short = run_strategy(dataclasses.replace(far, flood_ttl=2), "flood")
+    full = run_strategy(far, "flood")
+    assert full["delivery_ratio"] == 1.0  # a line has degree <= 2: TTL 8 spans it
+    assert short["flood_ttl"] == 2
+    assert 0 < short["delivered"] < 8
+    assert short["undelivered_by_state"] == {
+        "failed: no ack after 10 retries": 8 - short["delivered"]}
