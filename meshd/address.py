@@ -50,7 +50,12 @@ class NodeAddress:
         raw, checksum = decoded[:ADDRESS_LEN], decoded[ADDRESS_LEN:]
         if checksum != _checksum(raw):
             raise AddressError("checksum mismatch (mistyped address?)", field=field)
-        return cls(raw)
+        address = cls(raw)
+        # 29 characters carry 145 bits for 144: the spare bit of the last character must be
+        # zero, or two spellings would name one address and a typo there would slip through.
+        if address.text != cleaned.lower():
+            raise AddressError("last character is not canonical (mistyped address?)", field=field)
+        return address
 
     @property
     def text(self) -> str:

@@ -35,3 +35,11 @@ def test_address_is_bound_to_the_key() -> None:
     assert one.address != two.address
     assert one.address == NodeAddress.from_public_key(one.public.signing_key)
     assert not one.address.is_broadcast and BROADCAST.is_broadcast
+
+
+def test_non_canonical_last_character_is_refused() -> None:
+    text = Identity.generate().address.text
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    twin = alphabet[alphabet.index(text[-1]) ^ 1]
+    with pytest.raises(AddressError):
+        NodeAddress.parse(text[:-1] + twin)
