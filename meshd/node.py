@@ -198,6 +198,9 @@ class Node:
                 self.log.error("transport_start_failed", transport=transport.name, error=str(exc))
         self._maintenance = self._loop.call_later(_MAINTENANCE_INTERVAL_S, self._maintain)
         self._schedule_pump()
+        if not self.store.checked_at_open:  # too big to check before READY: check now
+            check = self._loop.run_in_executor(None, self.store.check_integrity)
+            check.add_done_callback(self._integrity_checked)
         self.log.info(
             "node_started",
             address=self.address.text,
@@ -259,6 +262,13 @@ class Node:
         if entries:
             self.core.restore(entries, now=now)
             self.log.info("outbox_restored", messages=len(entries))
+
+    def _integrity_checked(self, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self.log.error("store_integrity_failed", error=str(exc))
+        else:
+            self.log.info("store_integrity_ok", path=str(self.store.path))
 
     def set_battery(self, level: int, *, charging: bool) -> None:
         """Tell the router the battery level (it relays less when low)."""

@@ -24,7 +24,7 @@ from meshd.envelope import Envelope
 from meshd.errors import MeshdError, StoreError
 from meshd.node_api import AppEvent, AppEventKind, Direction, MessageRecord
 from meshd.router.events import DeliveryState
-from meshd.store.schema import open_database
+from meshd.store.schema import QUICK_CHECK_AT_OPEN_MAX_BYTES, open_database, quick_check
 
 # Retention of the event log (what Subscribe can resume from).
 EVENT_RETENTION_COUNT = 100_000
@@ -100,6 +100,28 @@ class Store:
     @classmethod
     def open(cls, path: Path) -> Store:
         return cls(open_database(path), path)
+
+    @property
+    def checked_at_open(self) -> bool:
+        """False when the file was too big to check before start (see check_integrity)."""
+        try:
+            return self.path.stat().st_size <= QUICK_CHECK_AT_OPEN_MAX_BYTES
+        except OSError:
+            return True
+
+    def check_integrity(self) -> None:
+        """PRAGMA quick_check on a separate read-only connection: safe in a worker thread
+        while the event loop keeps using the main one. Raises StoreError when damaged."""
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
+        try:
+            quick_check(conn, self.path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"state database {self.path} is corrupted: {exc}") from exc
+        finally:
+            conn.close()
 
     # --- transactions -------------------------------------------------------------
     @property
@@ -465,17 +487,42 @@ class Store:
         now: float,
         keep: int = HISTORY_RETENTION_COUNT,
         max_age: float = HISTORY_RETENTION_SECONDS,
+        batch: int = 500,
+        max_batches: int = 10,
     ) -> int:
-        """Drop messages beyond the retention bounds, except those still in the outbox or
-        referenced by a retained event; returns how many went."""
-        cur = self._write(
-            "DELETE FROM history WHERE (created_at < ? OR id <= "
-            "(SELECT coalesce(max(id), 0) FROM history) - ?) "
-            "AND id NOT IN (SELECT history_id FROM outbox) "
-            "AND id NOT IN (SELECT history_id FROM events WHERE history_id IS NOT NULL)",
-            (now - max_age, keep),
-        )
-        return cur.rowcount
+        """Drop the oldest messages beyond the retention bounds, except those still in the
+        outbox or named by a retained event; returns how many went. Walks from the oldest
+        id in small batches (each a few ms), so a call never holds the loop for long; a
+        backlog clears over successive maintenance passes."""
+        newest = int(self._read("SELECT coalesce(max(id), 0) FROM history")[0][0])
+        cutoff = now - max_age
+        removed = 0
+        after = 0
+        for _ in range(max_batches):
+            rows = self._read(
+                "SELECT id, created_at FROM history WHERE id > ? ORDER BY id LIMIT ?",
+                (after, batch),
+            )
+            old = []
+            for history_id, created_at in rows:
+                if created_at >= cutoff and history_id > newest - keep:
+                    break  # ids grow with time: everything after is within bounds too
+                old.append(int(history_id))
+            if not old:
+                break
+            lo, hi = old[0], old[-1]
+            cur = self._write(
+                "DELETE FROM history WHERE id BETWEEN ? AND ? "
+                "AND id NOT IN (SELECT history_id FROM outbox) "
+                "AND id NOT IN (SELECT history_id FROM events "
+                "WHERE history_id BETWEEN ? AND ?)",
+                (lo, hi, lo, hi),
+            )
+            removed += cur.rowcount
+            after = hi
+            if len(old) < len(rows) or len(rows) < batch:
+                break
+        return removed
 
     # --- peers, paths, custody -----------------------------------------------------
     def upsert_peer(self, identity: PublicIdentity, *, now: float, endpoint: str = "") -> None:

@@ -392,3 +392,27 @@ async def test_battery_reaches_the_neighbours(tmp_path: Path) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_big_database_is_checked_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    import meshd.store.schema
+    import meshd.store.store
+
+    monkeypatch.setattr(meshd.store.schema, "QUICK_CHECK_AT_OPEN_MAX_BYTES", 0)
+    monkeypatch.setattr(meshd.store.store, "QUICK_CHECK_AT_OPEN_MAX_BYTES", 0)
+    out = io.StringIO()
+    node = Node.open(tmp_path / "a", logger=make_logger(level="info", fmt="json", stream=out))
+    assert not node.store.checked_at_open
+    await node.start()
+    try:
+        for _ in range(250):
+            if "store_integrity_ok" in out.getvalue():
+                break
+            await asyncio.sleep(0.02)
+        assert '"msg": "store_integrity_ok"' in out.getvalue()
+    finally:
+        await node.stop()

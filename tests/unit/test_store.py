@@ -313,3 +313,37 @@ def test_history_retention_keeps_outbox_and_evented_messages(store: Store) -> No
     assert [
         r.message_id for r in store.history("chat", peer=None, limit=10, before_cursor=None)
     ] == [b"o" * 8]
+
+
+def test_background_integrity_check(tmp_path: Path) -> None:
+    path = tmp_path / "meshd.db"
+    s = Store.open(path)
+    for i in range(300):
+        _send(s, i.to_bytes(8, "big"))
+    s.commit()
+    s.check_integrity()  # a healthy file passes, next to the open main connection
+    s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    s.close()
+    data = bytearray(path.read_bytes())
+    for off in range(4096 * 2, min(len(data), 4096 * 6)):
+        data[off] ^= 0x5A
+    path.write_bytes(bytes(data))
+    damaged = Store(sqlite3.connect(path, isolation_level=None), path)  # opened unchecked
+    with pytest.raises(StoreError):
+        damaged.check_integrity()
+    damaged._conn.close()
+
+
+def test_history_pruning_walks_in_batches(store: Store) -> None:
+    now = time.time()
+    for i in range(30):
+        store.add_incoming(
+            message_id=i.to_bytes(8, "big"), app_id="chat", src=B, content=b"",
+            received_at=now - 1000 if i < 20 else now, hops=1,
+        )  # fmt: skip
+    store.prune_events(now=now, max_age=10)  # the old messages' events are gone
+    assert store.prune_history(now=now, max_age=10, batch=3, max_batches=2) == 6
+    assert store.prune_history(now=now, max_age=10, batch=3, max_batches=100) == 14
+    assert store.prune_history(now=now, max_age=10) == 0
+    assert len(store.history("chat", peer=None, limit=100, before_cursor=None)) == 10
+    assert store.prune_history(now=now, keep=4) == 0  # the 10 left all have events
