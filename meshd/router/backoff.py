@@ -37,7 +37,11 @@ class RetryPolicy:
     # router rate-limits discoveries per destination itself (10 s doubling to 300 s) and
     # gives a probe up at once inside that backoff.
     probe_interval: float = 120.0
-    held_probe_interval: float = 600.0  # sender: re-probe a held message when a path appears
+    # Sender, message held by a custodian: from 600 s after it was held (or when a path
+    # appears >= 600 s after the last probe), re-send it when routable, with the usual
+    # backoff, until confirmed; while unroutable, look again 600 s x2 .. 6 h later.
+    held_probe_interval: float = 600.0
+    held_probe_cap: float = 6 * 3600.0
     restore_spread: float = 30.0  # restored messages are spread over up to this long
     seen_capacity: int = 65_536  # destination dedup entries (about 120 bytes each)
     reack_gap: float = 1.0  # answer duplicates at most this often per message

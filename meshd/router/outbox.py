@@ -37,6 +37,7 @@ class OutgoingMessage:
     in_router: bool = False  # originated, the router has not sent it on or given up
     custodian: NodeAddress | None = None
     last_probe_at: float | None = None  # held messages: when held, then last re-probe
+    held_checks: int = 0  # held messages: confirmation timers fired so far
 
     @property
     def last_attempt_byte(self) -> int:

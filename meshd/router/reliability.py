@@ -175,7 +175,9 @@ class Endpoint:
                 continue
             self._outbox.add(message)
             self._expiry.set(message.message_id, message.expires_at)
-            if message.state is not DeliveryState.HELD_BY_CUSTODIAN:
+            if message.state is DeliveryState.HELD_BY_CUSTODIAN:  # a confirmation probe
+                self._retry.set(message.message_id, now + self._policy.held_probe_interval)
+            else:
                 self._retry.set(message.message_id, now + self._rng.uniform(0.0, spread))
 
     def on_transmitted(self, frame_id: bytes, *, now: float) -> None:
@@ -373,11 +375,12 @@ class Endpoint:
         if signer == message.dst:
             self._finish(message, DeliveryState.DELIVERED)
             return
-        self._retry.cancel(message.message_id)
         if STATE_RANK[message.state] < STATE_RANK[DeliveryState.HELD_BY_CUSTODIAN]:
             message.custodian = signer
-            # The custodian delivers; re-probe only if a path appears much later.
+            # The custodian delivers: no more retries, only rare confirmation probes.
             message.last_probe_at = now
+            interval = self._policy.held_probe_interval * self._jitter()
+            self._retry.set(message.message_id, now + interval)
             self._advance(message, DeliveryState.HELD_BY_CUSTODIAN)
 
     def _on_offer(self, frame: Frame, now: float) -> None:
@@ -434,19 +437,16 @@ class Endpoint:
     def _transmit(
         self, message: OutgoingMessage, now: float, can_route: Callable[[NodeAddress], bool]
     ) -> Frame | None:
-        held = message.state is DeliveryState.HELD_BY_CUSTODIAN
         routable = can_route(message.dst)
+        if message.state is DeliveryState.HELD_BY_CUSTODIAN:
+            return self._confirm_held(message, now, routable)
         if not routable and not self._probes.may_probe(message.dst, now):
-            if not held:
-                self._retry.set(message.message_id, self._probes.until(message.dst, now) + 0.01)
+            self._retry.set(message.message_id, self._probes.until(message.dst, now) + 0.01)
             return None
         message.attempts += 1
         message.last_sent_at = now
         message.in_router = True
         frame = self._own_frame(message, now)
-        if held:
-            message.last_probe_at = now
-            return frame
         delay = self._retry_delay(message)
         if not routable:
             # The router discovers a path first (seconds); do not retry into that.
@@ -458,6 +458,28 @@ class Endpoint:
         else:
             self.stats.retries += 1
         return frame
+
+    def _confirm_held(self, message: OutgoingMessage, now: float, routable: bool) -> Frame | None:
+        """A custodian holds it. Long after that, and only with a route, re-send it so that
+        the destination re-ACKs: its first notice may have found us offline."""
+        message.held_checks += 1
+        if not routable:  # nothing to send; look again later, less and less often
+            interval = min(self._policy.held_probe_cap,
+                           self._policy.held_probe_interval * 2 ** min(message.held_checks, 16))
+            self._retry.set(message.message_id, now + interval * self._jitter())
+            return None
+        # Routable: retry like a normal message until the ACK (or the relayed receipt).
+        self._retry.set(message.message_id, now + min(
+            self._policy.held_probe_cap,
+            backoff_delay(self._rtt.rto(message.dst), message.held_checks - 1, self._policy,
+                          self._rng)))
+        message.attempts += 1
+        message.last_sent_at = message.last_probe_at = now
+        return self._own_frame(message, now)
+
+    def _jitter(self) -> float:
+        j = self._policy.jitter
+        return self._rng.uniform(1.0 - j, 1.0 + j)
 
     def _retry_delay(self, message: OutgoingMessage) -> float:
         return backoff_delay(self._rtt.rto(message.dst), message.attempts - 1, self._policy,

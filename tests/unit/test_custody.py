@@ -24,20 +24,26 @@ def held_states(events: Sequence[object]) -> list[tuple[DeliveryState, object]]:
 
 
 def test_custody_receipt_stops_sender_retries() -> None:
-    a, r, b = endpoint(1), endpoint(2), endpoint(3)
-    a.send(b.address, b"for b", now=0.0, lifetime=None, message_id=None)
-    [data] = a.poll(now=0.0, can_route=always)
-    assert r.take_custody(data.hopped(), now=0.5)
-    [receipt] = r.poll(now=0.5, can_route=never)
-    assert receipt.type is FrameType.CUSTODY_RECEIPT
-    assert (receipt.src, receipt.dst) == (r.address, a.address)
-    a.on_local_frame(receipt, now=0.6, key_of=no_keys)
-    assert held_states(drain(a))[-1] == (DeliveryState.HELD_BY_CUSTODIAN, r.address)
-    # The sender keeps the entry but never retransmits on its own timer.
-    assert [e.state for e in a.outbox()] == [DeliveryState.HELD_BY_CUSTODIAN]
-    for t in range(1, 3600, 7):
-        assert a.poll(now=float(t), can_route=always) == []
-    assert a.stats.retries == 0
+    r, b = endpoint(2), endpoint(3)
+    senders = [endpoint(1), endpoint(4)]
+    for sender in senders:
+        sender.send(b.address, b"for b", now=0.0, lifetime=None, message_id=None)
+        [data] = sender.poll(now=0.0, can_route=always)
+        assert r.take_custody(data.hopped(), now=0.5)
+        [receipt] = r.poll(now=0.5, can_route=never)
+        assert receipt.type is FrameType.CUSTODY_RECEIPT
+        assert (receipt.src, receipt.dst) == (r.address, sender.address)
+        sender.on_local_frame(receipt, now=0.6, key_of=no_keys)
+        assert held_states(drain(sender))[-1] == (DeliveryState.HELD_BY_CUSTODIAN, r.address)
+        assert [e.state for e in sender.outbox()] == [DeliveryState.HELD_BY_CUSTODIAN]
+    quiet, routed = senders
+    # Without a route the sender sends nothing at all, however long it waits ...
+    assert [f for t in range(1, 24 * 3600, 60) for f in quiet.poll(now=t, can_route=never)] == []
+    # ... and with one, only confirmation probes, the first long after the custodian took it.
+    sent = [(t, f) for t in range(1, 1200) for f in routed.poll(now=t, can_route=always)]
+    assert sent and all(f.type is FrameType.DATA for _, f in sent)
+    assert sent[0][0] >= 0.6 + routed.policy.held_probe_interval * (1 - routed.policy.jitter)
+    assert routed.stats.retries == 0 and quiet.stats.retries == 0
 
 
 def test_custody_hand_off_to_the_destination_keeps_src_and_id() -> None:
