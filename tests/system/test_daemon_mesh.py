@@ -109,6 +109,15 @@ def test_meshctl_send_wait_crosses_three_hops(make_lab: LabFactory) -> None:
     assert base64.b64decode(message["payload"]) == text.encode()
     assert message["message_id"] == incoming[0]["message_id"]
 
+    # Each node sees exactly its chain neighbours, once (one link per pair), and no daemon
+    # turned IP forwarding on: what crossed b and c was relayed by meshd, not the kernel.
+    addrs = {n: lab.meshctl_json(n, "status")["status"]["address"] for n in "abcd"}
+    for node, expected in {"a": "b", "b": "ac", "c": "bd", "d": "c"}.items():
+        peers = sorted(p["address"] for p in lab.meshctl_json(node, "peers")["neighbours"])
+        assert peers == sorted(addrs[n] for n in expected), (node, peers)
+        for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+            assert lab.exec(node, ["sysctl", "-n", key]).stdout.strip() == "0", (node, key)
+
     # a→b→c→d: only neighbours are linked, so it took 3 hops, and a's route says so too.
     routes = lab.meshctl_json("a", "routes")["routes"]
     assert [r["hops"] for r in routes if r["dst"] == d_addr] == [3], routes
