@@ -570,6 +570,7 @@ class Router(RouterBase):
                 self.schedule(now + interval * self.rng.uniform(0.9, 1.1), "announce", None)
             elif kind == "reannounce":
                 self._reannounce_pending = False
+                self._last_reannounce = now
                 self.recompute_clusters(now=now)
                 self.announce_to(list(self.neighbours))
             elif kind == "cluster":

@@ -41,6 +41,7 @@ ENDPOINT_TYPES = frozenset(
 )
 MAX_QUEUED_EVENTS = 4096  # past this, FrameRejected events are counted, not queued
 REANNOUNCE_DELAY = 5.0  # coalesces a burst of link changes into one announce round
+REANNOUNCE_GAP = 30.0
 
 
 class EndpointHooks(Protocol):
@@ -178,6 +179,7 @@ class RouterBase:
         self._timer_counter = 0
         self._cluster_dirty = False
         self._reannounce_pending = False
+        self._last_reannounce = -1e9
         self._last_periodic: tuple[bytes, float] = (b"", now)
         self._last_battery_announce = -1e9
         self._announced_identities: dict[NodeAddress, bytes] = {}
@@ -376,7 +378,10 @@ class RouterBase:
         self._cluster_dirty = True
         if not self._reannounce_pending:
             self._reannounce_pending = True
-            self.schedule(now + REANNOUNCE_DELAY, "reannounce", None)
+            # At most one such round per REANNOUNCE_GAP: with mobility, links change
+            # every few seconds and rounds every 5 s were most of all transmissions.
+            when = max(now + REANNOUNCE_DELAY, self._last_reannounce + REANNOUNCE_GAP)
+            self.schedule(when, "reannounce", None)
 
     def remove_neighbour(
         self, link_id: LinkId, *, now: float
