@@ -353,7 +353,9 @@ class Endpoint:
         ):
             self._rtt.sample(message.dst, now - message.last_sent_at)
         self._finish(message, DeliveryState.DELIVERED)
-        self.path_available(message.dst, now=now)  # the path works: wake the others
+        if not self._probes.may_probe(message.dst, now):
+            # That was the probe for an unroutable destination: the others can go now.
+            self.path_available(message.dst, now=now)
 
     def _on_receipt(self, frame: Frame, now: float) -> None:
         body = decode_receipt_body(frame.body)
