@@ -148,6 +148,15 @@ class MemFabric:
             self.nodes[node].link_down(link_id, now=self.now)
             self.kick(node)
 
+    def impair(self, a: int, b: int, params: LinkParams) -> None:
+        """Change a live link's impairments without telling the cores (a silent failure
+        when ``loss=1``: only the cores' own timeouts can notice)."""
+        pair = self._pairs.get((min(a, b), max(a, b)))
+        if pair is None:
+            raise NotFound(f"nodes {a} and {b} are not linked", field="b")
+        for node, link_id in zip((min(a, b), max(a, b)), pair, strict=True):
+            self._ends[(node, link_id)].params = params
+
     def linked(self, a: int, b: int) -> bool:
         return (min(a, b), max(a, b)) in self._pairs
 
