@@ -173,7 +173,8 @@ class _Run:
             self.engine.at(start, self._cut)
             self.engine.at(end, self._heal)
         if sc.mobility > 0:
-            model = RandomWaypoint(self.topo.positions, self.topo.side, sc.mobility, rng)
+            model = RandomWaypoint(self.topo.positions, self.topo.side, sc.mobility, rng,
+                                   self.topo.areas)
 
             def tick() -> None:
                 model.step(sc.mobility_interval)

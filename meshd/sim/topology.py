@@ -32,6 +32,8 @@ class Topology:
     side: float  # the square the nodes live (and move) in
     radius: float | None = None  # radio range; None: links are fixed (line, grid, ring)
     pinned: list[Edge] = field(default_factory=list)  # bridges kept under mobility
+    # Per-node area (x0, y0, x1, y1) that mobility keeps the node in; None: the whole square.
+    areas: list[tuple[float, float, float, float]] | None = None
 
     @property
     def n(self) -> int:
@@ -144,6 +146,7 @@ def clusters(n: int, k: int, degree: float, rng: random.Random) -> Topology:
     centre_r = cluster_side * k / (2 * math.pi) + cluster_side
     side = 2 * centre_r + 2 * cluster_side
     positions: list[Point] = []
+    areas: list[tuple[float, float, float, float]] = []
     members: list[list[int]] = []
     edges: list[Edge] = []
     radius = 0.0
@@ -155,6 +158,7 @@ def clusters(n: int, k: int, degree: float, rng: random.Random) -> Topology:
         scale = cluster_side / blob.side
         base = len(positions)
         positions.extend((ox + x * scale, oy + y * scale) for x, y in blob.positions)
+        areas.extend([(ox, oy, ox + cluster_side, oy + cluster_side)] * size)
         members.append(list(range(base, base + size)))
         edges.extend((a + base, b + base) for a, b in blob.edges)
         radius = max(radius, (blob.radius or 0.0) * scale)
@@ -166,7 +170,7 @@ def clusters(n: int, k: int, degree: float, rng: random.Random) -> Topology:
             if c1 != c2:
                 pinned.append(_closest_pair(positions, members[c1], members[c2]))
     topo = Topology("clusters", positions, normalize(edges + pinned), side=side,
-                    radius=radius or None, pinned=normalize(pinned))
+                    radius=radius or None, pinned=normalize(pinned), areas=areas)
     if not is_connected(n, topo.edges):
         raise ConfigError("cluster graph is not connected", field="clusters")
     return topo

@@ -117,3 +117,13 @@ def test_random_waypoint_stays_inside_and_moves_at_bounded_speed() -> None:
 def test_topology_mean_degree() -> None:
     topo = Topology("line", [(0.0, 0.0)] * 3, [(0, 1), (1, 2)], side=1.0)
     assert topo.mean_degree == pytest.approx(4 / 3)
+
+
+def test_cluster_nodes_move_inside_their_cluster_area() -> None:
+    topo = build("clusters", 60, random.Random(2), n_clusters=3)
+    assert topo.areas is not None and len(topo.areas) == 60
+    model = RandomWaypoint(topo.positions, topo.side, 5.0, random.Random(3), topo.areas)
+    for _ in range(50):
+        model.step(10.0)
+    for (x, y), (x0, y0, x1, y1) in zip(model.positions, topo.areas, strict=True):
+        assert x0 - 1e-9 <= x <= x1 + 1e-9 and y0 - 1e-9 <= y <= y1 + 1e-9
