@@ -257,9 +257,9 @@ class Custodian:
         self.store.remove(key)
         self._timers.cancel(key)
         self._stats.custody_released += 1
-        if held.last_handoff_at is not None:
-            self._rtt.sample(held.frame.dst, now - held.last_handoff_at)
         if frame.src == held.frame.dst:
+            if held.last_handoff_at is not None:
+                self._rtt.sample(held.frame.dst, now - held.last_handoff_at)
             # The destination's own receipt proves delivery: pass it on to the sender, who
             # may be back online (its ACK may have been lost while it was away).
             self._emit(Frame(FrameType.CUSTODY_RECEIPT, self._rng.randbytes(FRAME_ID_LEN),
