@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshd.config import DEFAULT_PORT, HostPort, load_config, parse_host_port
 from meshd.errors import ConfigError
@@ -161,3 +163,24 @@ def test_version_flag() -> None:
     )
     assert proc.returncode == 0
     assert proc.stdout.startswith("meshd ")
+
+
+@given(
+    st.one_of(
+        st.ip_addresses(v=4).map(str),
+        st.ip_addresses(v=6).map(str),
+        st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True),
+    ),
+    st.integers(min_value=1, max_value=65535),
+)
+def test_host_port_text_round_trip(host: str, port: int) -> None:
+    hp = HostPort(host, port)
+    assert parse_host_port(str(hp), key="peers") == hp
+
+
+@given(st.text(max_size=40))
+def test_parse_host_port_only_raises_config_error(text: str) -> None:
+    try:
+        parse_host_port(text, key="listen", allow_zero_port=True)
+    except ConfigError as exc:
+        assert exc.field == "listen"
