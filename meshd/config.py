@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ DEFAULT_PORT = 4717
 DEFAULT_LISTEN = f"[::]:{DEFAULT_PORT}"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ def parse_host_port(text: str, *, key: str, allow_zero_port: bool = False) -> Ho
         raise ConfigError(f"write IPv6 addresses as [ADDR]:PORT, got {s!r}", field=key)
     if not host:
         raise ConfigError(f"missing host in {s!r}", field=key)
+    if not s.startswith("[") and not _HOST_RE.fullmatch(host):
+        raise ConfigError(f"{host!r} is not a host name or IPv4 address", field=key)
     if not port_text:
         return HostPort(host, DEFAULT_PORT)
     if not port_text.isdigit():

@@ -138,7 +138,9 @@ def test_parse_host_port(text: str, expected: HostPort) -> None:
     assert parse_host_port(text, key="peers") == expected
 
 
-@pytest.mark.parametrize("text", ["", ":80", "h:0", "h:x", "[nothex]:1", "[::1]x", "h:-1"])
+@pytest.mark.parametrize(
+    "text", ["", ":80", "h:0", "h:x", "[nothex]:1", "[::1]x", "h:-1", "a b:80", "-h:1", "h/x:1"]
+)
 def test_parse_host_port_rejects(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_host_port(text, key="peers")
