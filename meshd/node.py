@@ -532,6 +532,8 @@ class Node:
         if owner is None:
             owner = self.store.app_owner(app_id)
         if owner is None:
+            if caller.is_admin:  # an admin looking at an app must not take it over
+                return app_id
             self.store.claim_app(app_id, caller.uid, time.time())
             self._schedule_pump()
             owner = caller.uid

@@ -238,6 +238,19 @@ async def test_app_isolation_and_ownership(tmp_path: Path) -> None:
         assert info.value.field == "app_id"
         admin = Caller(uid=0, gid=0, pid=9, app_id="chat", is_admin=True)
         assert a.get_message(admin, r1.message_id).payload == b"for chat"
+        # An admin using an unclaimed app id does not take it over.
+        await a.send_message(
+            Caller(uid=0, gid=0, pid=9, app_id="notes", is_admin=True),
+            b.address,
+            b"from root",
+            lifetime_s=None,
+        )
+        assert a.store.app_owner("notes") is None
+        notes_user = Caller(uid=1002, gid=1002, pid=9, app_id="notes", is_admin=False)
+        assert a.history(notes_user, peer=None, limit=5, before_cursor=None)[0].payload == (
+            b"from root"
+        )
+        assert a.store.app_owner("notes") == 1002
         with pytest.raises(InvalidArgument) as bad:
             await a.send_message(
                 Caller(uid=1, gid=1, pid=1, app_id="Bad App", is_admin=False),
