@@ -94,8 +94,11 @@ async def _keepalive(node: Node, notifier: SdNotifier, *, poll_battery: bool) ->
             since_battery = 0.0
             battery = read_battery()
             if battery is not None and battery != last_battery:
-                node.set_battery(battery[0], charging=battery[1])
-                last_battery = battery
+                try:
+                    node.set_battery(battery[0], charging=battery[1])
+                    last_battery = battery
+                except MeshdError as exc:
+                    node.log.warning("battery_not_set", level=battery[0], error=str(exc))
         await asyncio.sleep(step)
         since_status += step
         since_battery += step
@@ -107,7 +110,10 @@ async def _keepalive(node: Node, notifier: SdNotifier, *, poll_battery: bool) ->
 
 
 def _status_line(node: Node) -> str:
-    st = node.status()
+    try:
+        st = node.status()
+    except MeshdError as exc:  # the watchdog loop must keep running
+        return f"{node.address.short}: status unavailable: {exc}"
     return f"{st.address.short}: {st.neighbours} neighbours, {st.routes} routes, outbox {st.outbox}"
 
 
