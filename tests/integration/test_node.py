@@ -429,3 +429,38 @@ async def test_big_database_is_checked_in_the_background(
         assert '"msg": "store_integrity_ok"' in out.getvalue()
     finally:
         await node.stop()
+
+
+async def test_message_waits_for_a_restarted_relay(tmp_path: Path) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    c, tc = open_node(tmp_path, "c", 3)
+    connect(ta, tb)
+    connect(tb, tc)
+    for node in (a, b, c):
+        await node.start()
+    c_events = c.subscribe(CHAT, after_cursor=None)
+    a_events = a.subscribe(CHAT, after_cursor=None)
+    try:
+        await a.send_message(CHAT, c.address, b"warm-up", lifetime_s=None)
+        await wait_for(c_events, received)
+        await b.stop()  # the only relay goes away
+        rec = await a.send_message(CHAT, c.address, b"while b is down", lifetime_s=600)
+        await asyncio.sleep(0.3)
+        assert a.get_message(CHAT, rec.message_id).state is not DeliveryState.DELIVERED
+        b2, tb2 = open_node(tmp_path, "b", 4)  # same state dir: same identity
+        connect(ta, tb2)
+        connect(tb2, tc)
+        await b2.start()
+        got = await wait_for(c_events, received, within=30)
+        assert got.message is not None and got.message.payload == b"while b is down"
+        ack = await wait_for(
+            a_events, lambda e: delivered(e) and e.message.message_id == rec.message_id, 30
+        )
+        assert ack.message is not None
+        await b2.stop()
+    finally:
+        await c_events.aclose()  # type: ignore[attr-defined]
+        await a_events.aclose()  # type: ignore[attr-defined]
+        await a.stop()
+        await c.stop()
