@@ -64,7 +64,7 @@ def main() -> None:
             store.append_event(None, AppEventKind.PATH_CHANGED, time.time(), peer=dst)
         store.commit()
         t0 = time.perf_counter()
-        store.prune_events(now=time.time(), keep=10_000)
+        store.prune_events(now=time.time(), keep=10_000, limit=10_000)
         store.commit()
         prune = time.perf_counter() - t0
         store.close()

@@ -67,7 +67,8 @@ from meshd.transports.base import Link, Transport, TransportStatus
 MAX_LIFETIME_S = 30 * 24 * 3600.0
 MAX_HISTORY_LIMIT = 1000
 _SUBSCRIBE_BATCH = 256
-_MAINTENANCE_INTERVAL_S = 300.0
+_MAINTENANCE_INTERVAL_S = 30.0
+_MAINTENANCE_BACKLOG_S = 0.5  # again soon while a prune hit its per-call limit
 TransportFactory = Callable[[Identity], Sequence[Transport]]
 
 
@@ -276,17 +277,20 @@ class Node:
         self._schedule_pump()
 
     def _maintain(self) -> None:
+        """Retention in short steps (each a few ms on the loop), attempts snapshot."""
         assert self._loop is not None
-        self._maintenance = self._loop.call_later(_MAINTENANCE_INTERVAL_S, self._maintain)
         try:
             self._snapshot_attempts()
             pruned = self.store.prune_events(now=time.time())
             pruned_history = self.store.prune_history(now=time.time())
         except StoreError as exc:
             self.log.error("store_maintenance_failed", error=str(exc))
-            return
+            pruned = pruned_history = 0
         if pruned or pruned_history:
-            self.log.info("store_pruned", events=pruned, messages=pruned_history)
+            self.log.debug("store_pruned", events=pruned, messages=pruned_history)
+        backlog = pruned >= 5000 or pruned_history >= 5000
+        delay = _MAINTENANCE_BACKLOG_S if backlog else _MAINTENANCE_INTERVAL_S
+        self._maintenance = self._loop.call_later(delay, self._maintain)
         self._schedule_pump()
 
     def _snapshot_attempts(self) -> None:

