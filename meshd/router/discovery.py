@@ -36,21 +36,22 @@ from meshd.router.bodies import (
 )
 from meshd.router.e2e_bodies import CustodyOfferBody
 from meshd.router.events import LinkId, PathChanged
+from meshd.router.flooding import FloodingRouter
 from meshd.router.frames import Frame, FrameFlags, FrameType
 from meshd.router.linkrel import InFlight
-from meshd.router.paths import Route
 from meshd.router.ratelimit import TokenBucket
+from meshd.router.relaysel import select_relays
 from meshd.router.routing import (
     ENDPOINT_TYPES,
     EndpointHooks,
     Pending,
-    RouterBase,
     RouterConfig,
 )
 from meshd.router.types import LinkInfo
 
 _REPLY_IMPROVEMENT = 1.0  # a later request copy must be this much cheaper to answer again
 _MAX_REPLIES = 2
+_LEAF_MEMORY = 2.0  # seconds a LEAF copy's coverage is kept for a later relay copy
 
 
 @dataclass(slots=True)
@@ -67,15 +68,10 @@ class RelayState:
     request: PathRequest
     covered: set[bytes]
     heard_from: set[LinkId]
+    relay: bool = True  # False while only LEAF copies were heard
 
 
-@dataclass(slots=True)
-class FloodState:
-    frame: Frame
-    heard_from: set[LinkId]
-
-
-class Router(RouterBase):
+class Router(FloodingRouter):
     """A mesh node's forwarding plane and path discovery (see module docstrings)."""
 
     def __init__(
@@ -93,7 +89,6 @@ class Router(RouterBase):
         self.discoveries: dict[NodeAddress, Discovery] = {}
         self.backoff: dict[NodeAddress, tuple[float, float]] = {}  # dst -> (until, period)
         self.relay_states: OrderedDict[bytes, RelayState] = OrderedDict()
-        self.flood_states: OrderedDict[tuple[bytes, int], FloodState] = OrderedDict()
         self.replied: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
         cfg = self.config
         self.repair_bucket = TokenBucket(rate=cfg.repair_rate, burst=cfg.repair_burst, now=now)
@@ -149,15 +144,6 @@ class Router(RouterBase):
             self.stats.dropped += 1
             return
         self.route_out(Pending(frame.hopped(), False, link_id, now), now=now)
-
-    def next_hop(self, dst: NodeAddress, *, now: float) -> tuple[LinkId, Route | None] | None:
-        link_id = self.by_addr.get(dst)
-        if link_id is not None:
-            return link_id, None
-        route = self.table.get(dst, now=now)
-        if route is None or route.link_id not in self.neighbours:
-            return None
-        return route.link_id, route
 
     def route_out(self, item: Pending, *, now: float) -> None:
         frame = item.frame
@@ -287,24 +273,42 @@ class Router(RouterBase):
         timeout = self.config.discovery_timeout * 2 ** (discovery.tries - 1)
         self.schedule(now + timeout, "discovery", (dst, request_id))
 
-    def broadcast_request(self, frame: Frame, request: PathRequest, targets: list[LinkId]) -> None:
+    def broadcast_request(
+        self, frame: Frame, request: PathRequest, targets: list[LinkId],
+        heard_covered: set[bytes] | None = None,
+    ) -> None:
         if not targets:
             return
+        relays = set(targets)
+        if self.config.preq_relay_selection and not request.flags & PREQ_FULL:
+            known = {self.prefix} | {n.prefix for n in self.neighbours.values()}
+            known |= heard_covered or set()
+            relays = select_relays([(t, self.neighbourhood(t)) for t in targets], known)
         # Every neighbour has been sent this request: the targets by us now, the others
         # by a copy we heard (that is why they are not targets), so all are covered.
         covered = [self.prefix] + [self.neighbours[t].prefix for t in targets]
         target_set = set(targets)
         covered += [n.prefix for lid, n in self.neighbours.items() if lid not in target_set]
-        body = PathRequest(
-            request.origin_seq, request.dst_seq, request.cost, request.flags & ~PREQ_LEAF,
-            tuple(covered[:MAX_NEIGHBOURS_LISTED]), request.origin_announce,
-        ).encode()
-        data = Frame(
-            frame.type, frame.frame_id, frame.src, frame.dst, body, frame.flags,
-            frame.ttl, frame.hops, frame.attempt,
-        ).encode()
+        encoded: dict[bool, bytes] = {}
+        for leaf in (False, True):
+            body = PathRequest(
+                request.origin_seq, request.dst_seq, request.cost,
+                (request.flags & ~PREQ_LEAF) | (PREQ_LEAF if leaf else 0),
+                tuple(covered[:MAX_NEIGHBOURS_LISTED]), request.origin_announce,
+            ).encode()
+            encoded[leaf] = Frame(
+                frame.type, frame.frame_id, frame.src, frame.dst, body, frame.flags,
+                frame.ttl, frame.hops, frame.attempt,
+            ).encode()
         for link_id in targets:
-            self.send_raw(link_id, data, "PATH_REQUEST")
+            self.send_raw(link_id, encoded[link_id not in relays], "PATH_REQUEST")
+
+    def neighbourhood(self, link_id: LinkId) -> frozenset[bytes] | None:
+        """The neighbour's announced neighbours, None when unknown or truncated."""
+        neighbour = self.neighbours[link_id]
+        if not neighbour.announced or neighbour.degree > len(neighbour.neighbours):
+            return None
+        return neighbour.neighbours
 
     def discovery_timeout(self, dst: NodeAddress, request_id: bytes, *, now: float) -> None:
         discovery = self.discoveries.get(dst)
@@ -342,22 +346,34 @@ class Router(RouterBase):
             frame.src, link_id, frame.hops + 1, cost, request.origin_seq, True,
             self.config.route_lifetime, now=now,
         )
+        relay = not request.flags & PREQ_LEAF and frame.ttl > 1
         state = self.relay_states.get(request_id)
-        if state is not None:  # a later copy of a request still waiting to be relayed
+        if state is not None:  # a later copy of a request not relayed yet
             state.covered.update(request.covered)
             state.heard_from.add(link_id)
+            if relay and not state.relay:  # a LEAF copy came first; now we are a relay
+                state.relay = True
+                state.frame, state.request = frame, request
+                self.schedule_request_relay(request_id, now=now)
             return
         first = self.flood_seen.add(request_id, now=now)
         if frame.dst == self.address:
             self.answer_request(request_id, frame, request, cost, now=now)
             return
-        if not first or request.flags & PREQ_LEAF or frame.ttl <= 1:
+        if not first:
             return
         self.relay_states[request_id] = RelayState(
-            frame, request, set(request.covered), {link_id}
+            frame, request, set(request.covered), {link_id}, relay
         )
         while len(self.relay_states) > 1024:
             self.relay_states.popitem(last=False)
+        if relay:
+            self.schedule_request_relay(request_id, now=now)
+        else:
+            # Remember a LEAF copy only briefly: a relay copy, if any, comes within jitter.
+            self.schedule(now + _LEAF_MEMORY, "preq", request_id)
+
+    def schedule_request_relay(self, request_id: bytes, *, now: float) -> None:
         low, high = self.config.preq_jitter
         # Low-battery relays wait longer, so that paths through others form first.
         stretch = 1.0 if self.own_battery is None or self.own_battery >= 30 else 3.0
@@ -365,8 +381,8 @@ class Router(RouterBase):
 
     def relay_request(self, request_id: bytes, *, now: float) -> None:
         state = self.relay_states.pop(request_id, None)
-        if state is None:
-            return
+        if state is None or not state.relay:
+            return  # a LEAF copy's memory expired
         full = bool(state.request.flags & PREQ_FULL)
         targets = [
             lid for lid, n in self.neighbours.items()
@@ -378,7 +394,7 @@ class Router(RouterBase):
             state.request.origin_seq, state.request.dst_seq, cost, state.request.flags,
             (), state.request.origin_announce,
         )
-        self.broadcast_request(state.frame.hopped(), request, targets)
+        self.broadcast_request(state.frame.hopped(), request, targets, state.covered)
 
     def answer_request(
         self, request_id: bytes, frame: Frame, request: PathRequest, cost: float, *, now: float
@@ -487,68 +503,6 @@ class Router(RouterBase):
                     onward.setdefault(precursor, []).append((dst, max(seq, route.seq)))
         for precursor, unreachable in onward.items():
             self.send_path_error(precursor, unreachable, now=now)
-
-    # --- controlled flooding (fallback, and FLOOD frames from the endpoint) ----------
-    def flood_out(self, frame: Frame, *, now: float) -> None:
-        flooded = Frame(
-            frame.type, frame.frame_id, frame.src, frame.dst, frame.body,
-            frame.flags | FrameFlags.FLOOD, min(frame.ttl, self.config.flood_ttl),
-            frame.hops, frame.attempt,
-        )
-        self.flood_seen.add(("flood", frame.frame_id, frame.attempt), now=now)
-        data = flooded.encode()
-        for link_id in self.neighbours:
-            self.send_raw(link_id, data, "FLOOD_" + frame.type.name)
-
-    def handle_flooded(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
-        key = (frame.frame_id, frame.attempt)
-        state = self.flood_states.get(key)
-        if state is not None:
-            state.heard_from.add(link_id)
-            return
-        if not self.flood_seen.add(("flood", *key), now=now):
-            return
-        if frame.type not in ENDPOINT_TYPES:
-            self.reject(link_id, f"{frame.type.name} cannot be flooded")
-            return
-        if frame.dst != self.address and not self.relay_allowed(link_id, now=now):
-            return
-        neighbour = self.neighbours[link_id]
-        self.offer_route(
-            frame.src, link_id, frame.hops + 1,
-            float(frame.hops) + self.hop_cost(link_id, relay=neighbour.address != frame.src),
-            0, False, self.config.route_lifetime, now=now,
-        )
-        if frame.dst == self.address:
-            self.endpoint.on_local_frame(frame, now=now, key_of=self.key_of)
-            return
-        if frame.ttl <= 1:
-            return
-        self.flood_states[key] = FloodState(frame.hopped(), {link_id})
-        while len(self.flood_states) > 1024:
-            self.flood_states.popitem(last=False)
-        low, high = self.config.flood_jitter
-        self.schedule(now + self.rng.uniform(low, high), "flood", key)
-
-    def relay_flood(self, key: tuple[bytes, int], *, now: float) -> None:
-        state = self.flood_states.pop(key, None)
-        if state is None:
-            return
-        frame = state.frame
-        hop = self.next_hop(frame.dst, now=now)
-        if hop is not None and hop[0] not in state.heard_from:
-            # We know a path: leave the flood and go unicast (hop-by-hop reliable).
-            unicast = Frame(
-                frame.type, frame.frame_id, frame.src, frame.dst, frame.body,
-                frame.flags & ~FrameFlags.FLOOD, frame.ttl, frame.hops, frame.attempt,
-            )
-            self.transmit(hop[0], unicast, local=False, upstream=None, now=now)
-            return
-        targets = [lid for lid in self.neighbours if lid not in state.heard_from]
-        self.rng.shuffle(targets)
-        data = frame.encode()
-        for link_id in targets[: self.config.flood_fanout]:
-            self.send_raw(link_id, data, "FLOOD_" + frame.type.name)
 
     # --- timers -------------------------------------------------------------------
     def run_timers(self, *, now: float) -> None:

@@ -32,7 +32,7 @@ from meshd.router.events import (
 )
 from meshd.router.frames import Frame, FrameFlags, FrameType, decode_frame, peek_type
 from meshd.router.linkrel import InFlight, LinkReliability
-from meshd.router.paths import PathTable
+from meshd.router.paths import PathTable, Route
 from meshd.router.ratelimit import TokenBucket, battery_scale
 from meshd.router.types import LinkInfo, LinkKind, NeighbourInfo
 
@@ -76,9 +76,10 @@ class RouterConfig:
     preq_jitter: tuple[float, float] = (0.010, 0.080)
     discovery_timeout: float = 2.5  # first try; doubles per retry
     discovery_tries: int = 2
-    # A retry relays to every neighbour (no coverage pruning). Off: in 1000-node runs a
-    # pruned retry found the path as often at a fraction of the sends.
-    full_flood_retry: bool = False
+    # A retry relays to every neighbour: the safety net for stale neighbour lists that
+    # relay selection relied on.
+    full_flood_retry: bool = True
+    preq_relay_selection: bool = True  # MPR-style relays (relaysel.py); others get LEAF
     discovery_backoff: tuple[float, float] = (10.0, 300.0)  # after a failed discovery
     route_lifetime: float = 900.0  # refreshed on use
     pending_per_dst: int = 64
@@ -115,6 +116,7 @@ class Neighbour:
     neighbours: frozenset[bytes] = frozenset()
     keep: bool = True
     announced: bool = False
+    degree: int = 0
 
 
 @dataclass(slots=True)
@@ -304,6 +306,7 @@ class RouterBase:
             neighbour.charging = ann.charging
             neighbour.cluster_id = ann.cluster_id
             neighbour.announced = True
+            neighbour.degree = ann.degree
             if frozenset(ann.neighbours) != neighbour.neighbours:
                 neighbour.neighbours = frozenset(ann.neighbours)
                 self._cluster_dirty = True
@@ -469,6 +472,18 @@ class RouterBase:
             return  # no ACK: the neighbour's hop-by-hop retry is our backpressure
         self.rx_seen.add(key, now=now)
         self.ack_frame(link_id, frame)
+        if (
+            frame.type in ENDPOINT_TYPES
+            and frame.src not in self.by_addr
+            and self.table.get(frame.src, now=now) is None
+        ):
+            # The frame came along a working chain of next hops: use it back towards its
+            # source (seq unknown, so any real path replaces it) rather than discover.
+            self.offer_route(
+                frame.src, link_id, frame.hops + 1,
+                float(frame.hops) + self.hop_cost(link_id, relay=False), 0, False,
+                self.config.route_lifetime, now=now,
+            )
         if frame.type == FrameType.PATH_REPLY:
             self.handle_path_reply(link_id, frame, now=now)
         elif frame.type == FrameType.PATH_ERROR:
@@ -478,7 +493,23 @@ class RouterBase:
         else:
             self.relay(link_id, frame, now=now)
 
+    def next_hop(self, dst: NodeAddress, *, now: float) -> tuple[LinkId, Route | None] | None:
+        """A direct neighbour first, then the path table."""
+        link_id = self.by_addr.get(dst)
+        if link_id is not None:
+            return link_id, None
+        route = self.table.get(dst, now=now)
+        if route is None or route.link_id not in self.neighbours:
+            return None
+        return route.link_id, route
+
     # --- implemented by the discovery layer -----------------------------------------
+    def offer_route(
+        self, dst: NodeAddress, link_id: LinkId, hops: int, cost: float, seq: int,
+        seq_valid: bool, lifetime: float, *, now: float,
+    ) -> None:
+        raise NotImplementedError
+
     def handle_path_request(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
         raise NotImplementedError
 

@@ -59,13 +59,27 @@ def test_path_requests_are_not_resent_to_neighbours_already_covered() -> None:
     # (a plain flood would cost 4 + 4*4 + 1).
     edges = [(a, b) for a in range(5) for b in range(a + 1, 5)] + [(4, 5)]
     fabric, cores = build_mesh(6, edges, seed=40)
-    fabric.run_for(1.0)
+    fabric.run_for(10.0)  # one re-announce round: everyone knows its neighbours' neighbours
     cores[0].send(cores[5].address, b"far", now=fabric.now)
     fabric.kick(0)
     fabric.run_for(5.0)
     assert delivered(fabric, 0) == 1
     requests = sum(c.router.stats.tx.get("PATH_REQUEST", 0) for c in cores)
     assert requests == 5
+    # Only node 4 reaches beyond the clique, so it alone was asked to relay.
+    assert [c.router.stats.tx.get("PATH_REQUEST", 0) for c in cores] == [4, 0, 0, 0, 1, 0]
+
+
+def test_discovery_still_succeeds_with_stale_neighbour_lists() -> None:
+    # Sent right after the links came up, before anyone announced its full neighbourhood:
+    # relay selection may pick wrongly, the full-flood retry finds the path anyway.
+    edges = [(a, b) for a in range(5) for b in range(a + 1, 5)] + [(4, 5)]
+    fabric, cores = build_mesh(6, edges, seed=41)
+    fabric.run_for(0.5)
+    cores[0].send(cores[5].address, b"early", now=fabric.now)
+    fabric.kick(0)
+    fabric.run_for(10.0)
+    assert delivered(fabric, 0) == 1
 
 
 def test_identities_are_learned_from_neighbours_and_from_path_replies() -> None:

@@ -158,3 +158,18 @@ def test_link_advice_keeps_the_best_links_and_every_bridge() -> None:
 def test_rssi_score_follows_the_reference_curve() -> None:
     assert rssi_score(-40) == 1.0 and rssi_score(-100) == 0.0
     assert abs(rssi_score(-70) - 0.7) < 1e-9 and abs(rssi_score(-85) - 0.4) < 1e-9
+
+
+def test_relay_selection_covers_every_uncovered_two_hop_node_greedily() -> None:
+    from meshd.router.relaysel import select_relays
+
+    covered = {b"self", b"A", b"B", b"C", b"D"}
+    targets: list[tuple[int, frozenset[bytes] | None]] = [
+        (1, frozenset({b"self", b"X", b"Y"})),
+        (2, frozenset({b"self", b"Y"})),  # adds nothing beyond link 1
+        (3, frozenset({b"self", b"Z"})),
+        (4, frozenset({b"self", b"A"})),  # only already-covered nodes
+        (5, None),  # unknown neighbourhood: must relay
+    ]
+    assert select_relays(targets, covered) == {1, 3, 5}
+    assert select_relays([(1, frozenset({b"self"}))], covered) == set()
