@@ -2,6 +2,10 @@
 
 With ``--strategy both`` the line nests both results and their transmission ratio:
 ``{"meshd": {...}, "flood": {...}, "tx_ratio": meshd_tx_per_delivered / flood's}``.
+Both strategies see the same graph, identities, batteries and send times. ``peak_rss_mb``
+is the peak of the process that ran the strategy (with ``--parallel``, its own worker).
+Figures other than ``wall_s``, ``events_per_s`` and ``peak_rss_mb`` depend only on the
+arguments (the entry point pins PYTHONHASHSEED, see ``pin_hash_seed``).
 """
 
 from __future__ import annotations

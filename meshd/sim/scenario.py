@@ -60,7 +60,7 @@ class Scenario:
     size: int = 256
     warmup: float = 10.0
     duration: float = 600.0
-    drain: float = 900.0
+    drain: float = 960.0  # covers the flood's whole retry schedule (~921 s)
     lifetime: float | None = None
     flood_ttl: int | None = None  # override the reference's 8/5 TTL (sensitivity runs)
     seed: int = 1
