@@ -62,7 +62,8 @@ class Link:
 class Counters:
     """What the engine measures; the scenario turns it into the JSON figures."""
 
-    __slots__ = ("bytes_by_type", "drops", "events", "tx_by_type", "tx_total")
+    __slots__ = ("bytes_by_type", "drops", "events", "overdue_timers", "timers", "tx_by_type",
+                 "tx_total")
 
     def __init__(self) -> None:
         self.tx_total = 0
@@ -70,6 +71,8 @@ class Counters:
         self.bytes_by_type = [0] * 256
         self.drops = {"loss": 0, "queue": 0, "link_down": 0, "no_link": 0}
         self.events = 0
+        self.timers = 0  # handle_timer calls
+        self.overdue_timers = 0  # deadlines already past when re-armed (a core spinning?)
 
 
 EventSink = Callable[[int, CoreEvent], None]
@@ -163,6 +166,7 @@ class Engine:
         deadline = core.next_deadline()
         if deadline is not None and deadline < self._armed[i]:
             if deadline <= self.now:
+                self.counters.overdue_timers += 1
                 deadline = self.now + _MIN_TIMER
                 if deadline >= self._armed[i]:
                     return
@@ -226,6 +230,7 @@ class Engine:
                 if armed[node] != t:
                     continue  # superseded by an earlier deadline
                 armed[node] = math.inf
+                counters.timers += 1
                 cores[node].handle_timer(now=t)
                 self.flush(node)
             else:

@@ -165,4 +165,6 @@ def summarize(log: MessageLog, counters: Counters, *, strategy: str, nodes: int,
         "drops": dict(counters.drops),
         "rejected": dict(log.rejected),
         "events": counters.events,
+        "timer_calls": counters.timers,
+        "overdue_timers": counters.overdue_timers,
     }
