@@ -46,6 +46,7 @@ from meshd.router.routing import (
     EndpointHooks,
     Pending,
     RouterConfig,
+    battery_penalty,
 )
 from meshd.router.types import LinkInfo
 
@@ -101,6 +102,9 @@ class Router(FloodingRouter):
         if link_id in self.neighbours:
             self.link_down(link_id, now=now)
         neighbour = self.add_neighbour(link_id, peer, info, now=now)
+        # Greet with a current neighbour list (it names the new neighbour, which then
+        # trusts it for relay selection); the others hear it in the re-announce round.
+        self.recompute_clusters(now=now)
         self.announce_to([link_id])
         self.path_appeared(neighbour.address, now=now)
 
@@ -261,7 +265,11 @@ class Router(FloodingRouter):
         self.flood_seen.add(request_id, now=now)
         origin_seq = self.own.bump()
         last = self.table.last_seq(dst)
-        full = self.config.full_flood_retry and discovery.tries > 1
+        # Only the last try floods fully: earlier retries with relay selection fail only
+        # when losses strike twice, and cost a fraction of a full flood.
+        full = self.config.full_flood_retry and discovery.tries >= max(
+            2, self.config.discovery_tries
+        )
         flags = (PREQ_UNKNOWN_SEQ if last is None else 0) | (PREQ_FULL if full else 0)
         self.stats.count_event("discovery_try" if discovery.tries > 1 else "discovery")
         request = PathRequest(origin_seq, last or 0, 0, flags, (), self.own.encoded())
@@ -283,7 +291,14 @@ class Router(FloodingRouter):
         if self.config.preq_relay_selection and not request.flags & PREQ_FULL:
             known = {self.prefix} | {n.prefix for n in self.neighbours.values()}
             known |= heard_covered or set()
-            relays = select_relays([(t, self.neighbourhood(t)) for t in targets], known)
+            relays = select_relays(
+                [(t, self.neighbourhood(t)) for t in targets], known,
+                coverage=self.config.preq_relay_coverage,
+                penalty={
+                    t: battery_penalty(self.neighbours[t].battery, self.neighbours[t].charging)
+                    for t in targets
+                },
+            )
         # Every neighbour has been sent this request: the targets by us now, the others
         # by a copy we heard (that is why they are not targets), so all are covered.
         covered = [self.prefix] + [self.neighbours[t].prefix for t in targets]
@@ -304,11 +319,13 @@ class Router(FloodingRouter):
             self.send_raw(link_id, encoded[link_id not in relays], "PATH_REQUEST")
 
     def neighbourhood(self, link_id: LinkId) -> frozenset[bytes] | None:
-        """The neighbour's announced neighbours, None when unknown or truncated."""
+        """The neighbour's announced neighbours; None when unknown, truncated, or older
+        than our link to it (a list that does not name us predates the link: stale)."""
         neighbour = self.neighbours[link_id]
-        if not neighbour.announced or neighbour.degree > len(neighbour.neighbours):
+        hood = neighbour.neighbours
+        if self.prefix not in hood or neighbour.degree > len(hood):
             return None
-        return neighbour.neighbours
+        return hood
 
     def discovery_timeout(self, dst: NodeAddress, request_id: bytes, *, now: float) -> None:
         discovery = self.discoveries.get(dst)
@@ -346,7 +363,9 @@ class Router(FloodingRouter):
             frame.src, link_id, frame.hops + 1, cost, request.origin_seq, True,
             self.config.route_lifetime, now=now,
         )
-        relay = not request.flags & PREQ_LEAF and frame.ttl > 1
+        relay = frame.ttl > 1 and (
+            not request.flags & PREQ_LEAF or self.sender_view_stale(link_id, request)
+        )
         state = self.relay_states.get(request_id)
         if state is not None:  # a later copy of a request not relayed yet
             state.covered.update(request.covered)
@@ -372,6 +391,15 @@ class Router(FloodingRouter):
         else:
             # Remember a LEAF copy only briefly: a relay copy, if any, comes within jitter.
             self.schedule(now + _LEAF_MEMORY, "preq", request_id)
+
+    def sender_view_stale(self, link_id: LinkId, request: PathRequest) -> bool:
+        """A LEAF copy relies on what the sender knew of our neighbours; if we have a
+        neighbour it neither covered nor heard of from us, its choice was uninformed."""
+        known = self.neighbours[link_id].sent_hood
+        covered = set(request.covered)
+        return any(
+            n.prefix not in known and n.prefix not in covered for n in self.neighbours.values()
+        )
 
     def schedule_request_relay(self, request_id: bytes, *, now: float) -> None:
         low, high = self.config.preq_jitter

@@ -75,11 +75,12 @@ class RouterConfig:
     flood_jitter: tuple[float, float] = (0.020, 0.200)
     preq_jitter: tuple[float, float] = (0.010, 0.080)
     discovery_timeout: float = 2.5  # first try; doubles per retry
-    discovery_tries: int = 2
-    # A retry relays to every neighbour: the safety net for stale neighbour lists that
-    # relay selection relied on.
+    discovery_tries: int = 3
+    # The last try relays to every neighbour: the safety net for stale neighbour lists
+    # that relay selection relied on.
     full_flood_retry: bool = True
     preq_relay_selection: bool = True  # MPR-style relays (relaysel.py); others get LEAF
+    preq_relay_coverage: int = 1  # relays per 2-hop node (2: fewer retries, more sends)
     discovery_backoff: tuple[float, float] = (10.0, 300.0)  # after a failed discovery
     route_lifetime: float = 900.0  # refreshed on use
     pending_per_dst: int = 64
@@ -117,6 +118,7 @@ class Neighbour:
     keep: bool = True
     announced: bool = False
     degree: int = 0
+    sent_hood: frozenset[bytes] = frozenset()  # our neighbour list as last announced to it
 
 
 @dataclass(slots=True)
@@ -290,8 +292,12 @@ class RouterBase:
         if not link_ids:
             return
         data = self.announce_frame()
+        hood = frozenset(self.own.neighbours)
         for link_id in link_ids:
             self.send_raw(link_id, data, "ANNOUNCE")
+            neighbour = self.neighbours.get(link_id)
+            if neighbour is not None:
+                neighbour.sent_hood = hood
 
     def handle_announce(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
         try:
