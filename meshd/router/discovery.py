@@ -131,8 +131,9 @@ class Router(FloodingRouter):
             self.send_path_error(precursor, unreachable, now=now)
 
     def reroute(self, item: InFlight, *, now: float) -> None:
-        """A frame its next hop never acknowledged: one local repair, then give up."""
-        pending = Pending(item.frame, item.local, item.upstream, now, rerouted=True)
+        """A frame its next hop never acknowledged (or whose link went down): route it
+        again, which is a local repair when no other path is known."""
+        pending = Pending(item.frame, item.local, item.upstream, now)
         self.route_out(pending, now=now)
 
     # --- forwarding ---------------------------------------------------------------

@@ -127,7 +127,6 @@ class Pending:
     local: bool
     upstream: LinkId | None
     queued_at: float
-    rerouted: bool = False
 
 
 @dataclass(slots=True)
