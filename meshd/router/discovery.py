@@ -237,6 +237,7 @@ class Router(FloodingRouter):
             candidates,
             key=lambda n: (len(n.neighbours), self.linkrel.quality(n.link_id), n.address),
         )
+        self.stats.count_event("custody_push")
         offer = Frame(
             FrameType.CUSTODY_OFFER, self.rng.randbytes(8), self.address, best.address,
             CustodyOfferBody(frame).encode(), ttl=self.config.default_ttl,
