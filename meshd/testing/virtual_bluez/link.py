@@ -1,0 +1,153 @@
+"""One LE connection seen from the central: mirrored GATT objects that forward to the peer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dbus_fast import Variant
+from dbus_fast.errors import DBusError
+from dbus_fast.service import ServiceInterface
+
+from .device import Device, MirroredCharacteristic, MirroredDescriptor, MirroredService
+from .model import AppService
+
+if TYPE_CHECKING:
+    from .node import VirtualNode
+
+# An attribute value is at most 512 bytes (Core 5.3 Vol 3 Part F 3.2.9); longer reads and
+# writes with response go through Read Blob / Prepare Write, which BlueZ does for the app.
+MAX_ATTRIBUTE_LEN = 512
+# ATT header of a Write Command / Handle Value Notification: opcode + handle.
+ATT_HEADER = 3
+
+
+class Link:
+    """central → peripheral; implements device.GattOwner for the mirrored attributes."""
+
+    def __init__(
+        self, central: VirtualNode, peripheral: VirtualNode, device: Device, mtu: int
+    ) -> None:
+        self.central = central
+        self.peripheral = peripheral
+        self.device = device
+        self.mtu = mtu
+        self.open = True
+        self._objects: list[tuple[str, ServiceInterface]] = []
+        self.chars: dict[tuple[str, str], MirroredCharacteristic] = {}
+
+    def build(self, services: list[AppService]) -> None:
+        """Export the peripheral's GATT table under the device path (service discovery)."""
+        handle = 1
+        bus = self.central.bus
+        for svc in services:
+            spath = f"{self.device.path}/service{handle:04x}"
+            handle += 1
+            self._export(
+                bus,
+                spath,
+                MirroredService(
+                    path=spath, device=self.device.path, uuid=svc.uuid, primary=svc.primary
+                ),
+            )
+            for ch in svc.characteristics:
+                cpath = f"{spath}/char{handle:04x}"
+                handle += 2  # declaration + value handles
+                mirror = MirroredCharacteristic(
+                    self, path=cpath, service=spath, uuid=ch.uuid, flags=ch.flags, remote=ch.key
+                )
+                self.chars[ch.key] = mirror
+                self._export(bus, cpath, mirror)
+                for desc in ch.descriptors:
+                    dpath = f"{cpath}/desc{handle:04x}"
+                    handle += 1
+                    self._export(
+                        bus,
+                        dpath,
+                        MirroredDescriptor(
+                            self,
+                            path=dpath,
+                            characteristic=cpath,
+                            uuid=desc.uuid,
+                            flags=desc.flags,
+                            remote=(desc.owner, desc.path),
+                        ),
+                    )
+
+    def close(self) -> None:
+        """The connection is gone: GATT objects disappear (nothing is cached here)."""
+        self.open = False
+        bus = self.central._bus
+        for path, iface in reversed(self._objects):
+            if bus is not None:
+                bus.unexport(path, iface)
+        self._objects.clear()
+        self.chars.clear()
+
+    def deliver(self, remote: tuple[str, str], value: bytes) -> None:
+        """A notification from the peripheral's app; truncated to what fits the MTU."""
+        char = self.chars.get(remote)
+        if self.open and char is not None and char.notifying:
+            char.set_value(value[: self.mtu - ATT_HEADER])
+
+    # -- GattOwner ----------------------------------------------------------------------
+    async def read(
+        self, remote: tuple[str, str], interface: str, options: dict[str, Variant]
+    ) -> bytes:
+        self._check_open()
+        value = await self.peripheral.app_read(remote, interface, self._options(options))
+        self._check_open()
+        return value[:MAX_ATTRIBUTE_LEN]
+
+    async def write(
+        self, remote: tuple[str, str], interface: str, value: bytes, options: dict[str, Variant]
+    ) -> None:
+        self._check_open()
+        opts = self._options(options)
+        wtype = opts["type"].value
+        if wtype not in ("request", "command", "reliable"):
+            raise DBusError("org.bluez.Error.InvalidArguments", f"type: unknown {wtype!r}")
+        limit = self.mtu - ATT_HEADER if wtype == "command" else MAX_ATTRIBUTE_LEN
+        if len(value) > limit:
+            raise DBusError(
+                "org.bluez.Error.InvalidValueLength",
+                f"{len(value)} bytes do not fit ({wtype}, MTU {self.mtu})",
+            )
+        await self.peripheral.app_write(remote, interface, value, opts)
+
+    async def start_notify(self, char: MirroredCharacteristic) -> None:
+        self._check_open()
+        if not {"notify", "indicate"}.intersection(char.Flags):
+            raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
+        if char.notifying:
+            return
+        await self.peripheral.subscribe(char.remote, self.central.name)
+        self._check_open()
+        char.set_notifying(True)
+
+    async def stop_notify(self, char: MirroredCharacteristic) -> None:
+        if not char.notifying:
+            raise DBusError("org.bluez.Error.Failed", "No notify session started")
+        char.set_notifying(False)
+        if self.open:
+            await self.peripheral.unsubscribe(char.remote, self.central.name)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self.open:
+            raise DBusError("org.bluez.Error.Failed", "Not connected")
+
+    def _options(self, options: dict[str, Variant]) -> dict[str, Variant]:
+        """Options as BlueZ hands them to the server app (doc/org.bluez.GattCharacteristic)."""
+        offset = options.get("offset")
+        wtype = options.get("type")
+        return {
+            "offset": Variant("q", int(offset.value) if offset is not None else 0),
+            "mtu": Variant("q", self.mtu),
+            "device": Variant("o", self.peripheral.device_path_of(self.central.address)),
+            "link": Variant("s", "LE"),
+            "type": Variant("s", str(wtype.value) if wtype is not None else "request"),
+        }
+
+    def _export(self, bus: object, path: str, iface: ServiceInterface) -> None:
+        self.central.bus.export(path, iface)
+        self._objects.append((path, iface))
