@@ -1,0 +1,229 @@
+"""Virtual BlueZ: faults, bad input and the peripheral's side, seen through raw D-Bus calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusStr
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property
+
+from meshd.testing.virtual_bluez import VirtualNode, World, dbus_daemon_path
+
+from .test_virtual_bluez import CHAR, Peripheral
+
+pytestmark = [
+    pytest.mark.skipif(dbus_daemon_path() is None, reason="dbus-daemon not installed"),
+    pytest.mark.timeout(30),
+]
+pytest.importorskip("bleak")
+pytest.importorskip("bless")
+
+HCI0 = "/org/bluez/hci0"
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with World(scan_interval=0.05, device_timeout=0.3) as w:
+        yield w
+
+
+async def _raw(node: VirtualNode) -> MessageBus:
+    return await MessageBus(bus_address=node.bus_address).connect()
+
+
+async def _call(
+    bus: MessageBus,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+) -> Message:
+    reply = await bus.call(
+        Message(
+            destination="org.bluez",
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    assert reply is not None
+    return reply
+
+
+async def _get(bus: MessageBus, path: str, interface: str, prop: str) -> Any:
+    reply = await _call(
+        bus, path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, prop]
+    )
+    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    return reply.body[0].value
+
+
+class BadAdvertisement(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__("org.bluez.LEAdvertisement1")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Type(self) -> DBusStr:
+        return "loud"
+
+
+async def test_bad_advertisement_is_refused_naming_the_field(world: World) -> None:
+    p = await world.add_node("p")
+    bus = await _raw(p)
+    bus.export("/app/adv0", BadAdvertisement())
+    reply = await _call(
+        bus,
+        HCI0,
+        "org.bluez.LEAdvertisingManager1",
+        "RegisterAdvertisement",
+        "oa{sv}",
+        ["/app/adv0", {}],
+    )
+    assert reply.message_type is MessageType.ERROR
+    assert reply.error_name == "org.bluez.Error.InvalidArguments"
+    assert "Type" in reply.body[0]
+    assert await _get(bus, HCI0, "org.bluez.LEAdvertisingManager1", "ActiveInstances") == 0
+    # Unregistering what was never registered is an error too, and BlueZ keeps running.
+    reply = await _call(
+        bus, HCI0, "org.bluez.LEAdvertisingManager1", "UnregisterAdvertisement", "o", ["/app/adv0"]
+    )
+    assert reply.error_name == "org.bluez.Error.DoesNotExist"
+    bus.disconnect()
+
+
+async def test_power_via_dbus_and_discovery_needs_power(world: World) -> None:
+    c = await world.add_node("c")
+    bus = await _raw(c)
+    reply = await _call(
+        bus,
+        HCI0,
+        "org.freedesktop.DBus.Properties",
+        "Set",
+        "ssv",
+        ["org.bluez.Adapter1", "Powered", Variant("b", False)],
+    )
+    assert reply.message_type is MessageType.METHOD_RETURN
+    assert not world.air.powered("c")
+    assert await _get(bus, HCI0, "org.bluez.Adapter1", "PowerState") == "off"
+    reply = await _call(bus, HCI0, "org.bluez.Adapter1", "StartDiscovery")
+    assert reply.error_name == "org.bluez.Error.NotReady"
+    world.set_powered("c", True)
+    reply = await _call(bus, HCI0, "org.bluez.Adapter1", "StartDiscovery")
+    assert reply.message_type is MessageType.METHOD_RETURN
+    assert await _get(bus, HCI0, "org.bluez.Adapter1", "Discovering") is True
+    bus.disconnect()
+
+
+async def test_vanished_app_stops_advertising_and_device_expires(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bleak import BleakScanner
+
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "gone")
+    await periph.start()
+    assert p.active_advertisements() == 1
+    assert await BleakScanner.find_device_by_address(p.address, timeout=2.0) is not None
+    periph.server.bus.disconnect()  # the app dies without unregistering
+    for _ in range(50):
+        if p.active_advertisements() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert p.active_advertisements() == 0 and not p.applications
+    await asyncio.sleep(0.4)  # > device_timeout: C's BlueZ forgets the temporary device
+    assert p.address not in c.devices
+    assert await BleakScanner.find_device_by_address(p.address, timeout=0.3) is None
+
+
+async def test_rssi_follows_the_air(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bleak import BleakScanner
+
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p", rssi=-40)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "mover")
+    await periph.start()
+    seen: list[int] = []
+    moved = asyncio.Event()
+
+    def on_adv(device: Any, adv: Any) -> None:
+        if device.address == p.address:
+            seen.append(adv.rssi)
+            if adv.rssi == -85:
+                moved.set()
+
+    async with BleakScanner(on_adv):
+        await asyncio.sleep(0.2)
+        world.air.update_link("c", "p", rssi=-85)
+        await asyncio.wait_for(moved.wait(), 2.0)
+    assert seen[0] == -40 and seen[-1] == -85
+    await periph.stop()
+
+
+async def test_peripheral_side_disconnect_reaches_the_central(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bleak import BleakClient, BleakScanner
+
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "host")
+    await periph.start()
+    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    assert device is not None
+    gone = asyncio.Event()
+    client = BleakClient(device, disconnected_callback=lambda _c: gone.set())
+    await client.connect()
+    pbus = await _raw(p)
+    central_path = p.device_path_of(c.address)
+    assert await _get(pbus, central_path, "org.bluez.Device1", "Connected") is True
+    reply = await _call(pbus, central_path, "org.bluez.Device1", "Disconnect")
+    assert reply.message_type is MessageType.METHOD_RETURN
+    await asyncio.wait_for(gone.wait(), 2.0)
+    assert not world.air.connected("c", "p")
+    pbus.disconnect()
+    await periph.stop()
+
+
+async def test_notifications_reach_only_subscribed_links(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bleak import BleakClient, BleakScanner
+
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "quiet")
+    await periph.start()
+    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    assert device is not None
+    got: list[bytes] = []
+    async with BleakClient(device) as client:
+        periph.notify(b"before")  # not subscribed yet: must not arrive
+        await client.start_notify(CHAR, lambda _c, data: got.append(bytes(data)))
+        periph.notify(b"during")
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        await client.stop_notify(CHAR)
+        periph.notify(b"after")
+        await asyncio.sleep(0.1)
+    assert got == [b"during"]
+    await periph.stop()
