@@ -181,6 +181,7 @@ class Node:
             send=self._send_frames,
             log=self.log,
             thread_name=f"meshd-fsync-{self.address.short}",
+            on_synced=self._schedule_pump,
         )
         now = self._now()
         self._core = MeshCore(self.identity, now=now, rng=self._rng, config=self._core_config)
@@ -349,6 +350,15 @@ class Node:
                 self._handle_event(event, wall)
             except StoreError as exc:
                 self.log.error("store_write_failed", event=type(event).__name__, error=str(exc))
+        assert self._gate is not None
+        if self._gate.syncing and not self._closed:
+            # Group commit: while an fsync runs, what this pass would release (frames,
+            # replies) waits behind it anyway, so keep the transaction open and commit
+            # once when it returns (the gate calls _schedule_pump). Under load this turned
+            # ~1 commit per message into ~1 per fsync. The frames stay in the core's
+            # queue, the waiters in _commit_waiters: nothing leaves before its commit.
+            self._arm_timer()
+            return
         waiters, self._commit_waiters = self._commit_waiters, []
         try:
             self.store.commit()
@@ -367,7 +377,6 @@ class Node:
             self._visible_cursor = committed
             self._wake_subscribers()
         durable, self.store.durable_pending = self.store.durable_pending, False
-        assert self._gate is not None
         self._gate.submit(core.frames_to_send(), waiters, durable=durable)
         self._arm_timer()
 

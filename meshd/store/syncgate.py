@@ -30,10 +30,12 @@ class SyncGate:
         send: Callable[[Frames], None],
         log: Any,
         thread_name: str = "meshd-fsync",
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self._sync = sync
         self._send = send
         self._log = log
+        self._on_synced = on_synced  # told after each fsync (the node commits what waited)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=thread_name
         )
@@ -46,6 +48,11 @@ class SyncGate:
     @property
     def busy(self) -> bool:
         return self._inflight is not None or bool(self._frames or self._waiters)
+
+    @property
+    def syncing(self) -> bool:
+        """An fsync is running: whatever is submitted now waits for the next one anyway."""
+        return self._inflight is not None
 
     def submit(self, frames: Frames, waiters: list[asyncio.Future[None]], *, durable: bool) -> None:
         """Send/resolve now when nothing needs the disk, else hold behind the next fsync."""
@@ -82,6 +89,8 @@ class SyncGate:
                 _resolve(waiters, None)
             if self._frames or self._waiters:
                 self._start()
+            if self._on_synced is not None and not self._closed:
+                self._on_synced()
 
         fut.add_done_callback(done)
 

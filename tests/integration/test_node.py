@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -464,3 +465,64 @@ async def test_message_waits_for_a_restarted_relay(tmp_path: Path) -> None:
         await a_events.aclose()  # type: ignore[attr-defined]
         await a.stop()
         await c.stop()
+
+
+async def test_writes_during_an_fsync_share_one_commit_and_wait_for_it(tmp_path: Path) -> None:
+    """Group commit: while an fsync runs, sends are written but committed (and released)
+    only once it returns, all in one commit; every reply still waits for its own fsync."""
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    gate = threading.Event()
+    real_sync = a.store.sync_wal
+    syncs: list[float] = []
+
+    def slow_sync() -> None:
+        gate.wait(10)
+        real_sync()
+        syncs.append(time.monotonic())
+
+    added = 0  # add_outgoing calls not yet committed
+    batches: list[int] = []  # per commit: how many of them it covered
+    real_commit, real_add = a.store.commit, a.store.add_outgoing
+
+    def counting_add(**kwargs: Any) -> Any:
+        nonlocal added
+        added += 1
+        return real_add(**kwargs)
+
+    def counting_commit() -> None:
+        nonlocal added
+        if a.store.in_transaction:
+            batches.append(added)
+            added = 0
+        real_commit()
+
+    try:
+        first = asyncio.ensure_future(a.send_message(CHAT, b.address, b"0", lifetime_s=None))
+        await asyncio.sleep(0.05)
+        a.store.sync_wal = slow_sync  # type: ignore[method-assign]
+        await asyncio.wait_for(first, 5)
+        blocker = asyncio.ensure_future(a.send_message(CHAT, b.address, b"1", lifetime_s=None))
+        await asyncio.sleep(0.05)  # its fsync is running (held)
+        a.store.commit = counting_commit  # type: ignore[method-assign]
+        a.store.add_outgoing = counting_add  # type: ignore[method-assign]
+        rest = [
+            asyncio.ensure_future(a.send_message(CHAT, b.address, b"%d" % i, lifetime_s=None))
+            for i in range(2, 12)
+        ]
+        await asyncio.sleep(0.1)
+        assert batches == [] and not any(f.done() for f in (blocker, *rest))
+        gate.set()
+        records = await asyncio.wait_for(asyncio.gather(blocker, *rest), 10)
+        assert batches[0] == 10  # the ten sends made during the fsync: one commit
+        assert len(syncs) == 2  # and one more fsync covering them before any reply
+        assert len({r.message_id for r in records}) == 11
+    finally:
+        gate.set()
+        a.store.commit = real_commit  # type: ignore[method-assign]
+        a.store.add_outgoing = real_add  # type: ignore[method-assign]
+        await a.stop()
+        await b.stop()

@@ -83,3 +83,23 @@ async def test_close_releases_what_is_held() -> None:
     assert sent == [] and not fut.done()
     gate.close(None)  # the store's own final fsync happened
     assert sent == [(3, b"last")] and fut.done()
+
+
+async def test_syncing_while_fsync_runs_and_on_synced_after_release() -> None:
+    disk = Disk()
+    disk.gate.clear()
+    sent: Frames = []
+    told: list[Frames] = []
+    gate = SyncGate(
+        sync=disk.sync, send=sent.extend, log=make_logger(level="error"),
+        on_synced=lambda: told.append(list(sent)),
+    )
+    assert not gate.syncing
+    fut = asyncio.get_running_loop().create_future()
+    gate.submit([(1, b"ack")], [fut], durable=True)
+    assert gate.syncing and told == []
+    disk.gate.set()
+    await asyncio.wait_for(fut, 5)
+    assert not gate.syncing
+    assert told == [[(1, b"ack")]]  # told once, after the frames it covered went out
+    await gate.drain()
