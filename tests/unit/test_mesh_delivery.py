@@ -121,3 +121,31 @@ def test_an_offline_destination_gets_its_messages_through_a_custodian() -> None:
     got = received(fabric, 3)
     assert sorted(e.payload for e in got) == sorted(b"while you were out %d" % k for k in range(3))
     assert all(e.src == cores[0].address for e in got)
+
+
+def test_ring_with_links_flapping_mid_traffic_still_delivers_exactly_once() -> None:
+    ring = [(i, (i + 1) % 12) for i in range(12)]
+    chords = [(0, 6), (3, 9), (2, 8)]
+    fabric, cores = build_mesh(12, ring + chords, seed=6, params=NASTY)
+    fabric.run_for(2.0)
+    rng = random.Random(9)
+    expected: dict[bytes, int] = {}
+    for k in range(30):
+        src, dst = rng.sample(range(12), 2)
+        expected[send(fabric, cores, src, dst, b"f%d" % k)] = dst
+        a, b = rng.choice(ring + chords)
+        if fabric.linked(a, b):
+            fabric.disconnect(a, b)  # a link breaks under traffic...
+        else:
+            fabric.connect(a, b, NASTY)  # ...and another comes back
+        fabric.run_for(rng.uniform(0.2, 2.0))
+    for a, b in ring + chords:  # finally everything heals
+        if not fabric.linked(a, b):
+            fabric.connect(a, b, NASTY)
+    fabric.run_for(900.0)
+    counts: Counter[bytes] = Counter()
+    for node in range(12):
+        for event in received(fabric, node):
+            counts[event.message_id] += 1
+            assert expected[event.message_id] == node
+    assert counts == Counter({m: 1 for m in expected})
