@@ -239,6 +239,18 @@ class MeshCore:
     def outbox(self) -> list[OutboxEntry]:
         return self._endpoint.outbox()
 
+    def custody_records(self) -> list[tuple[Frame, float]]:
+        """Frames held for others as (frame, hold-until), for the daemon to persist."""
+        records = getattr(self._endpoint, "custody_records", None)
+        return list(records()) if callable(records) else []
+
+    def restore_custody(self, records: list[tuple[Frame, float]], *, now: float) -> None:
+        """Reload persisted custody frames (``custody_records`` after a restart)."""
+        restore = getattr(self._endpoint, "restore_custody", None)
+        if callable(restore):
+            restore(records, now=now)
+        self._pump(now)
+
     def public_identity_of(self, address: NodeAddress) -> PublicIdentity | None:
         return self._router.key_of(address)
 
