@@ -171,7 +171,10 @@ def test_version_flag() -> None:
     st.one_of(
         st.ip_addresses(v=4).map(str),
         st.ip_addresses(v=6).map(str),
-        st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True),
+        st.from_regex(
+            r"[a-z]([a-z0-9-]{0,19}[a-z0-9])?(\.[a-z]([a-z0-9-]{0,19}[a-z0-9])?){0,3}",
+            fullmatch=True,
+        ),
     ),
     st.integers(min_value=1, max_value=65535),
 )
