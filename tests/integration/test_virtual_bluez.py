@@ -52,6 +52,7 @@ class Peripheral:
         props = (
             GATTCharacteristicProperties.read
             | GATTCharacteristicProperties.write
+            | GATTCharacteristicProperties.write_without_response
             | GATTCharacteristicProperties.notify
         )
         perms = GATTAttributePermissions.readable | GATTAttributePermissions.writeable
@@ -216,4 +217,79 @@ async def test_dropped_connection_and_out_of_range(
     world.cut_link("c", "p")
     with pytest.raises(BleakError):
         await BleakClient(device).connect(timeout=2.0)
+    await periph.stop()
+
+
+async def test_acquired_sockets_mtu_notify_and_write(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AcquireWrite/AcquireNotify hand out sockets; bleak's MTU hack relies on them."""
+    import os
+
+    from bleak import BleakClient, BleakScanner
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    c, p, periph = await _setup(world, monkeypatch, mtu=100)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    assert device is not None
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    async with BleakClient(device) as client:
+        backend: Any = client._backend
+        await backend._acquire_mtu()  # the documented workaround (bleak's mtu_size.py)
+        assert client.mtu_size == 100
+        await client.start_notify(
+            CHAR, lambda _c, data: got.put_nowait(bytes(data)), bluez={"use_start_notify": False}
+        )
+        periph.notify(b"via socket")
+        periph.notify(b"q" * 150)
+        assert await asyncio.wait_for(got.get(), 2.0) == b"via socket"
+        assert await asyncio.wait_for(got.get(), 2.0) == b"q" * 97
+
+        # AcquireWrite from a raw client: each packet is one Write Command, in order.
+        char = client.services.get_characteristic(CHAR)
+        assert char is not None
+        path = char.obj[0]
+        raw = await MessageBus(bus_address=c.bus_address, negotiate_unix_fd=True).connect()
+        reply = await raw.call(
+            Message(
+                destination="org.bluez",
+                path=path,
+                member="AcquireWrite",
+                interface="org.bluez.GattCharacteristic1",
+                signature="a{sv}",
+                body=[{}],
+            )
+        )
+        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+        fd, mtu = reply.unix_fds[reply.body[0]], reply.body[1]
+        assert mtu == 100
+        before = len(periph.writes)
+        for i in range(5):
+            os.write(fd, b"w%d" % i)
+        os.write(fd, b"L" * 200)  # more than MTU-3: cut to one Write Command's payload
+        for _ in range(100):
+            if len(periph.writes) >= before + 6:
+                break
+            await asyncio.sleep(0.02)
+        assert periph.writes[before:] == [b"w0", b"w1", b"w2", b"w3", b"w4", b"L" * 97]
+        second = await raw.call(
+            Message(
+                destination="org.bluez",
+                path=path,
+                member="AcquireWrite",
+                interface="org.bluez.GattCharacteristic1",
+                signature="a{sv}",
+                body=[{}],
+            )
+        )
+        assert second is not None and second.error_name == "org.bluez.Error.NotPermitted"
+        os.close(fd)  # releasing it makes it acquirable again
+        (mirror,) = c.links["p"].chars.values()
+        for _ in range(100):
+            if not mirror.write_acquired:
+                break
+            await asyncio.sleep(0.02)
+        assert not mirror.write_acquired
+        raw.disconnect()
     await periph.stop()

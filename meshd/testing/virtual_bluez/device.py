@@ -36,6 +36,7 @@ DBusManufacturerData = Annotated[dict[int, Variant], DBusSignature("a{qv}")]
 READ = PropertyAccess.READ
 # A method without out-arguments; a bare "-> None" is not understood by dbus-fast.
 NoReply = Annotated[None, DBusSignature("")]
+FdAndMtu = Annotated[list[int], DBusSignature("hq")]
 
 
 def device_path(adapter_path: str, address: str) -> str:
@@ -238,6 +239,8 @@ class GattOwner(Protocol):
     ) -> None: ...
     async def start_notify(self, char: MirroredCharacteristic) -> None: ...
     async def stop_notify(self, char: MirroredCharacteristic) -> None: ...
+    async def acquire_write(self, char: MirroredCharacteristic) -> list[int]: ...
+    async def acquire_notify(self, char: MirroredCharacteristic) -> list[int]: ...
 
 
 class MirroredService(ServiceInterface):
@@ -284,9 +287,11 @@ class MirroredCharacteristic(ServiceInterface):
         self.remote = remote  # (owner bus name, object path) in the peripheral's app
         self._service = service
         self._uuid = uuid
-        self._flags = list(flags)
+        self.flags = tuple(flags)
         self._value = b""
         self.notifying = False
+        self.write_acquired = False
+        self.notify_acquired = False
 
     def set_value(self, value: bytes) -> None:
         self._value = value
@@ -296,6 +301,17 @@ class MirroredCharacteristic(ServiceInterface):
         if notifying != self.notifying:
             self.notifying = notifying
             self.emit_properties_changed({"Notifying": notifying})
+
+    def set_write_acquired(self, acquired: bool) -> None:
+        if acquired != self.write_acquired:
+            self.write_acquired = acquired
+            self.emit_properties_changed({"WriteAcquired": acquired})
+
+    def set_notify_acquired(self, acquired: bool) -> None:
+        if acquired != self.notify_acquired:
+            self.notify_acquired = acquired
+            self.notifying = acquired
+            self.emit_properties_changed({"NotifyAcquired": acquired, "Notifying": acquired})
 
     @dbus_method()
     async def ReadValue(self, options: DBusDict) -> DBusBytes:
@@ -315,6 +331,14 @@ class MirroredCharacteristic(ServiceInterface):
     async def StopNotify(self) -> NoReply:
         await self.owner.stop_notify(self)
 
+    @dbus_method()
+    async def AcquireWrite(self, options: DBusDict) -> FdAndMtu:
+        return await self.owner.acquire_write(self)
+
+    @dbus_method()
+    async def AcquireNotify(self, options: DBusDict) -> FdAndMtu:
+        return await self.owner.acquire_notify(self)
+
     @dbus_property(access=READ)
     def UUID(self) -> DBusStr:
         return self._uuid
@@ -333,11 +357,19 @@ class MirroredCharacteristic(ServiceInterface):
 
     @dbus_property(access=READ)
     def Flags(self) -> DBusStrList:
-        return self._flags
+        return list(self.flags)
 
     @dbus_property(access=READ)
     def MTU(self) -> DBusUInt16:
         return self.owner.mtu
+
+    @dbus_property(access=READ)
+    def WriteAcquired(self) -> DBusBool:
+        return self.write_acquired
+
+    @dbus_property(access=READ)
+    def NotifyAcquired(self) -> DBusBool:
+        return self.notify_acquired
 
 
 class MirroredDescriptor(ServiceInterface):

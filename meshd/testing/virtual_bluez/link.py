@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import Variant
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface
 
+from .acquire import AcquiredSocket
 from .device import Device, MirroredCharacteristic, MirroredDescriptor, MirroredService
 from .model import AppService
 
@@ -34,16 +38,17 @@ class Link:
         self.open = True
         self._objects: list[tuple[str, ServiceInterface]] = []
         self.chars: dict[tuple[str, str], MirroredCharacteristic] = {}
+        self._write_sockets: dict[tuple[str, str], AcquiredSocket] = {}
+        self._notify_sockets: dict[tuple[str, str], AcquiredSocket] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def build(self, services: list[AppService]) -> None:
         """Export the peripheral's GATT table under the device path (service discovery)."""
         handle = 1
-        bus = self.central.bus
         for svc in services:
             spath = f"{self.device.path}/service{handle:04x}"
             handle += 1
             self._export(
-                bus,
                 spath,
                 MirroredService(
                     path=spath, device=self.device.path, uuid=svc.uuid, primary=svc.primary
@@ -56,12 +61,11 @@ class Link:
                     self, path=cpath, service=spath, uuid=ch.uuid, flags=ch.flags, remote=ch.key
                 )
                 self.chars[ch.key] = mirror
-                self._export(bus, cpath, mirror)
+                self._export(cpath, mirror)
                 for desc in ch.descriptors:
                     dpath = f"{cpath}/desc{handle:04x}"
                     handle += 1
                     self._export(
-                        bus,
                         dpath,
                         MirroredDescriptor(
                             self,
@@ -76,6 +80,10 @@ class Link:
     def close(self) -> None:
         """The connection is gone: GATT objects disappear (nothing is cached here)."""
         self.open = False
+        for sock in [*self._write_sockets.values(), *self._notify_sockets.values()]:
+            sock.close()
+        for task in self._tasks:
+            task.cancel()
         bus = self.central._bus
         for path, iface in reversed(self._objects):
             if bus is not None:
@@ -86,7 +94,12 @@ class Link:
     def deliver(self, remote: tuple[str, str], value: bytes) -> None:
         """A notification from the peripheral's app; truncated to what fits the MTU."""
         char = self.chars.get(remote)
-        if self.open and char is not None and char.notifying:
+        if not self.open or char is None:
+            return
+        sock = self._notify_sockets.get(remote)
+        if sock is not None:
+            sock.send(value)  # truncated to MTU-3 by the socket
+        elif char.notifying:
             char.set_value(value[: self.mtu - ATT_HEADER])
 
     # -- GattOwner ----------------------------------------------------------------------
@@ -116,7 +129,7 @@ class Link:
 
     async def start_notify(self, char: MirroredCharacteristic) -> None:
         self._check_open()
-        if not {"notify", "indicate"}.intersection(char.Flags):
+        if not {"notify", "indicate"}.intersection(char.flags):
             raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
         if char.notifying:
             return
@@ -124,7 +137,50 @@ class Link:
         self._check_open()
         char.set_notifying(True)
 
+    async def acquire_write(self, char: MirroredCharacteristic) -> list[int]:
+        self._check_open()
+        if "write-without-response" not in char.flags:
+            raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
+        if char.write_acquired:
+            raise DBusError("org.bluez.Error.NotPermitted", "Write acquired")
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def released() -> None:
+            self._write_sockets.pop(char.remote, None)
+            task.cancel()
+            char.set_write_acquired(False)
+
+        sock = AcquiredSocket(
+            packet_size=self.mtu - ATT_HEADER, on_packet=queue.put_nowait, on_close=released
+        )
+        task = self._spawn(self._forward_writes(char.remote, queue))
+        self._write_sockets[char.remote] = sock
+        char.set_write_acquired(True)
+        return [self.central.hand_off(sock.take_client_fd()), self.mtu]
+
+    async def acquire_notify(self, char: MirroredCharacteristic) -> list[int]:
+        self._check_open()
+        if not {"notify", "indicate"}.intersection(char.flags):
+            raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
+        if char.notify_acquired or char.notifying:
+            raise DBusError("org.bluez.Error.NotPermitted", "Notify acquired")
+        await self.peripheral.subscribe(char.remote, self.central.name)
+        self._check_open()
+
+        def released() -> None:
+            self._notify_sockets.pop(char.remote, None)
+            char.set_notify_acquired(False)
+            if self.open:
+                self._spawn(self.peripheral.unsubscribe(char.remote, self.central.name))
+
+        sock = AcquiredSocket(packet_size=self.mtu - ATT_HEADER, on_packet=None, on_close=released)
+        self._notify_sockets[char.remote] = sock
+        char.set_notify_acquired(True)
+        return [self.central.hand_off(sock.take_client_fd()), self.mtu]
+
     async def stop_notify(self, char: MirroredCharacteristic) -> None:
+        if char.notify_acquired:
+            raise DBusError("org.bluez.Error.NotPermitted", "Notify acquired")
         if not char.notifying:
             raise DBusError("org.bluez.Error.Failed", "No notify session started")
         char.set_notifying(False)
@@ -132,6 +188,22 @@ class Link:
             await self.peripheral.unsubscribe(char.remote, self.central.name)
 
     # -- helpers ------------------------------------------------------------------------
+    async def _forward_writes(self, remote: tuple[str, str], queue: asyncio.Queue[bytes]) -> None:
+        """Packets from an acquired write socket, in order, as Write Commands."""
+        opts = self._options({"type": Variant("s", "command")})
+        iface = "org.bluez.GattCharacteristic1"
+        while True:
+            data = await queue.get()
+            # A Write Command has no answer; a failing app loses the write, as on air.
+            with contextlib.suppress(DBusError):
+                await self.peripheral.app_write(remote, iface, data, opts)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _check_open(self) -> None:
         if not self.open:
             raise DBusError("org.bluez.Error.Failed", "Not connected")
@@ -148,6 +220,6 @@ class Link:
             "type": Variant("s", str(wtype.value) if wtype is not None else "request"),
         }
 
-    def _export(self, bus: object, path: str, iface: ServiceInterface) -> None:
+    def _export(self, path: str, iface: ServiceInterface) -> None:
         self.central.bus.export(path, iface)
         self._objects.append((path, iface))

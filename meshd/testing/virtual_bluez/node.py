@@ -42,6 +42,28 @@ ERR_NOT_READY = "org.bluez.Error.NotReady"
 APP_CALL_TIMEOUT = 30.0
 
 
+class HandoffBus(MessageBus):
+    """A bus connection that closes our copy of a handed-off fd once it has been sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_after_send: set[int] = set()
+
+    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
+        future: asyncio.Future[None] = super().send(msg)
+        fds = [fd for fd in msg.unix_fds if fd in self.close_after_send]
+        if fds:
+            self.close_after_send.difference_update(fds)
+            future.add_done_callback(lambda _f: _close_all(fds))
+        return future
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class VirtualNode:
     """org.bluez for one node; the world routes everything that crosses the air."""
 
@@ -55,7 +77,7 @@ class VirtualNode:
         self._filter_rssi: int | None = None
         self.adapter_path = ADAPTER_PATH
         self.daemon = PrivateBus(name)
-        self._bus: MessageBus | None = None
+        self._bus: HandoffBus | None = None
         self._adapter = Adapter(self)
         self._adv_manager = AdvertisingManager(self)
         self._gatt_manager = GattManager(self)
@@ -69,7 +91,8 @@ class VirtualNode:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         address = await self.daemon.start()
-        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+        bus = HandoffBus(bus_address=address, bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
+        await bus.connect()
         self._bus = bus
         bus.add_message_handler(self._on_message)
         for rule in (
@@ -91,8 +114,13 @@ class VirtualNode:
             self._bus = None
         await self.daemon.stop()
 
+    def hand_off(self, fd: int) -> int:
+        """fd goes out in a method reply; close our copy once that reply is written."""
+        self.bus.close_after_send.add(fd)
+        return fd
+
     @property
-    def bus(self) -> MessageBus:
+    def bus(self) -> HandoffBus:
         if self._bus is None:
             raise DBusError(ERR_NOT_READY, f"virtual BlueZ of {self._name} is not running")
         return self._bus
