@@ -67,6 +67,7 @@ from meshd.transports.base import Link, Transport, TransportStatus
 MAX_LIFETIME_S = 30 * 24 * 3600.0
 MAX_HISTORY_LIMIT = 1000
 _SUBSCRIBE_BATCH = 256
+_APP_OWNER_CACHE = 4096
 _MAINTENANCE_INTERVAL_S = 30.0
 _MAINTENANCE_BACKLOG_S = 0.5  # again soon while a prune hit its per-call limit
 TransportFactory = Callable[[Identity], Sequence[Transport]]
@@ -132,7 +133,9 @@ class Node:
         self._gate: SyncGate | None = None  # frames and replies waiting for an fsync
         self._subscribers: set[asyncio.Event] = set()
         self._visible_cursor = 0  # last committed event cursor: what subscribers may see
-        self._app_owners: dict[str, int] = {}
+        # app id -> owner uid, or None while unclaimed. Only this node (it holds the state
+        # dir's lock) writes the apps table, so the cache cannot go stale.
+        self._app_owners: dict[str, int | None] = {}
         self._started_at = time.time()
         self._running = False
         self._closed = False
@@ -541,16 +544,20 @@ class Node:
     def _authorize(self, caller: Caller) -> str:
         """The caller's app id, claimed for its uid on first use."""
         app_id = validate_app_id(caller.app_id)
-        owner = self._app_owners.get(app_id)
-        if owner is None:
-            owner = self.store.app_owner(app_id)
+        if app_id in self._app_owners:
+            owner = self._app_owners[app_id]
+        else:
+            # Owners never change once claimed: cache (was one SELECT per call, also for
+            # an admin's calls to an unclaimed app id). Bounded: app ids come from callers.
+            if len(self._app_owners) >= _APP_OWNER_CACHE:
+                self._app_owners.clear()
+            owner = self._app_owners[app_id] = self.store.app_owner(app_id)
         if owner is None:
             if caller.is_admin:  # an admin looking at an app must not take it over
                 return app_id
             self.store.claim_app(app_id, caller.uid, time.time())
             self._schedule_pump()
-            owner = caller.uid
-        self._app_owners[app_id] = owner  # owners never change: cache (one SELECT a call)
+            owner = self._app_owners[app_id] = caller.uid
         if owner != caller.uid and not caller.is_admin:
             raise PermissionDenied(
                 f"app id {app_id!r} belongs to uid {owner}, not {caller.uid}", field="app_id"
