@@ -8,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.address import NodeAddress
+from meshd.crypto.identity import Identity
+from meshd.crypto.identity import verify_signature as openssl_verify
 from meshd.errors import FrameDecodeError
 from meshd.router.e2e_bodies import (
     ACK_BODY_LEN,
@@ -27,6 +29,7 @@ from meshd.router.e2e_bodies import (
     decode_receipt_body,
     payload_digest,
 )
+from meshd.router.e2e_bodies import verify_signature as sodium_verify
 from meshd.router.frames import MAX_BODY_LEN, Frame, FrameFlags, FrameType, decode_frame
 from tests.unit.endpoint_harness import identity
 
@@ -198,3 +201,25 @@ def test_largest_payload_fits_in_an_offer() -> None:
     with pytest.raises(FrameDecodeError) as err:
         DataBody(b"\xaa" * (MAX_PAYLOAD_LEN + 1), 1).encode()
     assert err.value.field == "payload"
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=200), flip=st.integers(min_value=0, max_value=8 * 64 - 1))
+def test_libsodium_verify_agrees_with_openssl(data: bytes, flip: int) -> None:
+    """The ACK verifier (libsodium) accepts exactly what identity's (OpenSSL) accepts, on
+    valid signatures, any one flipped signature bit, another key and wrong lengths."""
+    signer, other = Identity.from_seed(bytes(64)), Identity.from_seed(bytes(range(64)))
+    key, sig = signer.public.signing_key, signer.sign(data)
+    bad = bytearray(sig)
+    bad[flip // 8] ^= 1 << (flip % 8)
+    cases = [
+        (key, sig, data),
+        (key, bytes(bad), data),
+        (other.public.signing_key, sig, data),
+        (key, sig, data + b"x"),
+        (key[:31], sig, data),
+        (key, sig[:63], data),
+    ]
+    results = [sodium_verify(*c) for c in cases]
+    assert results == [openssl_verify(*c) for c in cases]
+    assert results[0] and not any(results[1:])
