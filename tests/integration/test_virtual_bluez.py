@@ -9,7 +9,7 @@ variable briefly points there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -38,7 +38,7 @@ class Peripheral:
         self.writes: list[bytes] = []
         self.server: Any = None
 
-    async def start(self) -> None:
+    async def start(self, before_start: Callable[[], Awaitable[None]] | None = None) -> None:
         from bless.backends.attribute import GATTAttributePermissions
         from bless.backends.bluezdbus.server import BlessServerBlueZDBus as BlessServer
         from bless.backends.characteristic import GATTCharacteristicProperties
@@ -57,8 +57,10 @@ class Peripheral:
         )
         perms = GATTAttributePermissions.readable | GATTAttributePermissions.writeable
         await server.add_new_characteristic(SERVICE, CHAR, props, None, perms)
-        await server.start()
         self.server = server
+        if before_start is not None:
+            await before_start()
+        await server.start()
 
     def _read(self, characteristic: Any, **kwargs: Any) -> bytearray:
         return self.value

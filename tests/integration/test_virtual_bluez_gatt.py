@@ -1,0 +1,199 @@
+"""Virtual BlueZ GATT details: descriptors, two centrals on one peripheral, non-connectable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusStr
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property
+
+from meshd.testing.virtual_bluez import World, dbus_daemon_path
+
+from .test_virtual_bluez import CHAR, SERVICE, Peripheral
+
+pytestmark = [
+    pytest.mark.skipif(dbus_daemon_path() is None, reason="dbus-daemon not installed"),
+    pytest.mark.timeout(30),
+]
+pytest.importorskip("bleak")
+pytest.importorskip("bless")
+
+USER_DESCRIPTION = "00002901-0000-1000-8000-00805f9b34fb"
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with World(scan_interval=0.05) as w:
+        yield w
+
+
+async def _call(bus: MessageBus, path: str, interface: str, member: str) -> Message:
+    reply = await bus.call(
+        Message(destination="org.bluez", path=path, interface=interface, member=member)
+    )
+    assert reply is not None
+    return reply
+
+
+async def test_descriptor_is_mirrored_and_readable(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bleak import BleakClient, BleakScanner
+    from bless.backends.attribute import GATTAttributePermissions
+    from bless.backends.descriptor import GATTDescriptorProperties
+
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "desc")
+
+    async def before_start() -> None:
+        await periph.server.add_new_descriptor(
+            SERVICE,
+            CHAR,
+            USER_DESCRIPTION,
+            GATTDescriptorProperties.read,
+            bytearray(b"meshd frames"),
+            GATTAttributePermissions.readable,
+        )
+
+    await periph.start(before_start=before_start)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    assert device is not None
+    async with BleakClient(device) as client:
+        char = client.services.get_characteristic(CHAR)
+        assert char is not None
+        (desc,) = [d for d in char.descriptors if d.uuid == USER_DESCRIPTION]
+        assert await client.read_gatt_descriptor(desc) == b"meshd frames"
+    await periph.stop()
+
+
+async def test_two_centrals_share_one_subscription(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's StartNotify runs once; each subscribed central gets each notification."""
+    from bleak import BleakClient, BleakScanner
+
+    c = await world.add_node("c")
+    d = await world.add_node("d")
+    p = await world.add_node("p")
+    world.set_link("c", "p")
+    world.set_link("d", "p", mtu=23)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "shared")
+    await periph.start()
+
+    # Central d: raw D-Bus, as any BlueZ client would do it.
+    dbus = await MessageBus(bus_address=d.bus_address).connect()
+    assert (
+        await _call(dbus, "/org/bluez/hci0", "org.bluez.Adapter1", "StartDiscovery")
+    ).message_type is MessageType.METHOD_RETURN
+    for _ in range(100):
+        if p.address in d.devices:
+            break
+        await asyncio.sleep(0.02)
+    dev_path = d.devices[p.address].path
+    assert (
+        await _call(dbus, dev_path, "org.bluez.Device1", "Connect")
+    ).message_type is MessageType.METHOD_RETURN
+    (d_char,) = d.links["p"].chars.values()
+    d_values: list[bytes] = []
+
+    def on_signal(msg: Message) -> None:
+        if msg.member == "PropertiesChanged" and msg.path == d_char.path and "Value" in msg.body[1]:
+            d_values.append(bytes(msg.body[1]["Value"].value))
+
+    dbus.add_message_handler(on_signal)
+    await dbus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[f"type='signal',path='{d_char.path}'"],
+        )
+    )
+    assert (
+        await _call(dbus, d_char.path, "org.bluez.GattCharacteristic1", "StartNotify")
+    ).message_type is MessageType.METHOD_RETURN
+
+    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    assert device is not None
+    c_values: list[bytes] = []
+    async with BleakClient(device) as client:
+        await client.start_notify(CHAR, lambda _c, data: c_values.append(bytes(data)))
+        app: Any = periph.server.app
+        assert app.subscribed_characteristics == [CHAR]  # StartNotify reached the app once
+        periph.notify(b"A" * 40)
+        await _until(lambda: len(c_values) == 1 and len(d_values) == 1)
+        assert c_values == [b"A" * 40]
+        assert d_values == [b"A" * 20]  # d's link has MTU 23
+        await client.stop_notify(CHAR)
+        assert app.subscribed_characteristics == [CHAR]  # d still listens
+        periph.notify(b"B")
+        await _until(lambda: len(d_values) == 2)
+        assert c_values == [b"A" * 40]
+    assert (
+        await _call(dbus, d_char.path, "org.bluez.GattCharacteristic1", "StopNotify")
+    ).message_type is MessageType.METHOD_RETURN
+    assert app.subscribed_characteristics == []
+    dbus.disconnect()
+    await periph.stop()
+
+
+class Beacon(ServiceInterface):
+    """A non-connectable advertisement, exported by a raw dbus-fast client."""
+
+    def __init__(self) -> None:
+        super().__init__("org.bluez.LEAdvertisement1")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Type(self) -> DBusStr:
+        return "broadcast"
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LocalName(self) -> DBusStr:
+        return "beacon"
+
+
+async def test_broadcast_advertiser_is_seen_but_not_connectable(world: World) -> None:
+    c = await world.add_node("c")
+    b = await world.add_node("b")
+    world.set_link("c", "b")
+    bbus = await MessageBus(bus_address=b.bus_address).connect()
+    bbus.export("/beacon/adv0", Beacon())
+    reply = await bbus.call(
+        Message(
+            destination="org.bluez",
+            path="/org/bluez/hci0",
+            interface="org.bluez.LEAdvertisingManager1",
+            member="RegisterAdvertisement",
+            signature="oa{sv}",
+            body=["/beacon/adv0", {}],
+        )
+    )
+    assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+    cbus = await MessageBus(bus_address=c.bus_address).connect()
+    await _call(cbus, "/org/bluez/hci0", "org.bluez.Adapter1", "StartDiscovery")
+    await _until(lambda: b.address in c.devices)
+    reply = await _call(cbus, c.devices[b.address].path, "org.bluez.Device1", "Connect")
+    assert reply.error_name == "org.bluez.Error.Failed"
+    assert "not connectable" in reply.body[0]
+    bbus.disconnect()
+    cbus.disconnect()
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(100):
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met within 2 s")
