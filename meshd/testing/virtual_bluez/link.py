@@ -107,7 +107,9 @@ class Link:
         self, remote: tuple[str, str], interface: str, options: dict[str, Variant]
     ) -> bytes:
         self._check_open()
-        value = await self.peripheral.app_read(remote, interface, self._options(options))
+        value = await self.peripheral.app_read(
+            remote, interface, self._options(options, write=False)
+        )
         self._check_open()
         return value[:MAX_ATTRIBUTE_LEN]
 
@@ -115,7 +117,7 @@ class Link:
         self, remote: tuple[str, str], interface: str, value: bytes, options: dict[str, Variant]
     ) -> None:
         self._check_open()
-        opts = self._options(options)
+        opts = self._options(options, write=True)
         wtype = opts["type"].value
         if wtype not in ("request", "command", "reliable"):
             raise DBusError("org.bluez.Error.InvalidArguments", f"type: unknown {wtype!r}")
@@ -190,7 +192,7 @@ class Link:
     # -- helpers ------------------------------------------------------------------------
     async def _forward_writes(self, remote: tuple[str, str], queue: asyncio.Queue[bytes]) -> None:
         """Packets from an acquired write socket, in order, as Write Commands."""
-        opts = self._options({"type": Variant("s", "command")})
+        opts = self._options({"type": Variant("s", "command")}, write=True)
         iface = "org.bluez.GattCharacteristic1"
         while True:
             data = await queue.get()
@@ -208,17 +210,19 @@ class Link:
         if not self.open:
             raise DBusError("org.bluez.Error.Failed", "Not connected")
 
-    def _options(self, options: dict[str, Variant]) -> dict[str, Variant]:
+    def _options(self, options: dict[str, Variant], *, write: bool) -> dict[str, Variant]:
         """Options as BlueZ hands them to the server app (doc/org.bluez.GattCharacteristic)."""
         offset = options.get("offset")
-        wtype = options.get("type")
-        return {
+        out = {
             "offset": Variant("q", int(offset.value) if offset is not None else 0),
             "mtu": Variant("q", self.mtu),
             "device": Variant("o", self.peripheral.device_path_of(self.central.address)),
             "link": Variant("s", "LE"),
-            "type": Variant("s", str(wtype.value) if wtype is not None else "request"),
         }
+        if write:
+            wtype = options.get("type")
+            out["type"] = Variant("s", str(wtype.value) if wtype is not None else "request")
+        return out
 
     def _export(self, path: str, iface: ServiceInterface) -> None:
         self.central.bus.export(path, iface)
