@@ -107,6 +107,9 @@ class Node:
         lock: StateLock | None = None,
     ) -> None:
         self.identity = identity
+        # Derived once: Identity.address hashes the public key on every call (2 % of the
+        # sending daemon's CPU when send_message compared against it).
+        self._address = identity.address
         self.store = store
         self.state_dir = state_dir
         self._transports = list(transports)
@@ -510,7 +513,7 @@ class Node:
     # --- NodeApi --------------------------------------------------------------------
     @property
     def address(self) -> NodeAddress:
-        return self.identity.address
+        return self._address
 
     def status(self) -> NodeStatus:
         return NodeStatus(
