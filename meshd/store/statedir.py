@@ -1,13 +1,18 @@
-"""The state directory: created 0700, locked by one daemon, holding the identity (0600)."""
+"""The state directory: created 0700, locked by one daemon, holding the identity (sealed)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import structlog
+
+from meshd.crypto import keystore
 from meshd.crypto.identity import Identity
-from meshd.errors import FailedPrecondition, MeshdError, StoreError
+from meshd.errors import FailedPrecondition, StoreError
 
 IDENTITY_FILE = "identity.key"
 DATABASE_FILE = "meshd.db"
@@ -49,41 +54,21 @@ class StateLock:
             self._fd = None
 
 
-def load_or_create_identity(state_dir: Path) -> tuple[Identity, bool]:
-    """Read ``identity.key`` or generate one on first start; (identity, created)."""
-    path = state_dir / IDENTITY_FILE
-    try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
-        identity = Identity.generate()
-        _write_new(path, identity.private_bytes())
-        return identity, True
-    except OSError as exc:
-        raise StoreError(f"cannot read identity {path}: {exc.strerror}") from exc
-    try:
-        return Identity.from_private_bytes(blob), False
-    except MeshdError as exc:
-        raise StoreError(
-            f"identity file {path} is corrupted ({exc}); it was left untouched"
-        ) from exc
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write 0600 via a temp file + fsync + rename, so a crash never leaves half a key."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)
-        os.rename(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise StoreError(f"cannot write identity {path}: {exc.strerror}") from exc
+def load_or_create_identity(
+    state_dir: Path, *, environ: Mapping[str, str] | None = None, log: Any = None
+) -> tuple[Identity, bool]:
+    """Read ``identity.key`` (encrypted at rest, see ``meshd.crypto.keystore``; a plain
+    one is migrated) or generate one on first start; (identity, created)."""
+    log = log or structlog.get_logger("meshd.keystore")
+    result = keystore.load_or_create(state_dir / IDENTITY_FILE, environ=environ)
+    if not result.key.from_credential:
+        log.warning(
+            "keystore_key_file",
+            key_file=result.key.source,
+            detail="no systemd credential meshd-keystore-key: the private keys are only "
+            "as safe as this file",
+        )
+    if result.migrated:
+        log.info("identity_encrypted", path=str(state_dir / IDENTITY_FILE),
+                 address=result.identity.address.text)  # fmt: skip
+    return result.identity, result.created
