@@ -128,7 +128,7 @@ async def test_connect_read_write_notify(world: World, monkeypatch: pytest.Monke
     from bleak import BleakClient, BleakScanner
 
     c, p, periph = await _setup(world, monkeypatch, mtu=185)
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     got: asyncio.Queue[bytes] = asyncio.Queue()
     async with BleakClient(device) as client:
@@ -146,8 +146,8 @@ async def test_connect_read_write_notify(world: World, monkeypatch: pytest.Monke
         await client.start_notify(CHAR, lambda _c, data: got.put_nowait(bytes(data)))
         periph.notify(b"n1")
         periph.notify(b"x" * 300)  # longer than MTU-3: truncated like a real notification
-        assert await asyncio.wait_for(got.get(), 2.0) == b"n1"
-        assert await asyncio.wait_for(got.get(), 2.0) == b"x" * 182
+        assert await asyncio.wait_for(got.get(), 5.0) == b"n1"
+        assert await asyncio.wait_for(got.get(), 5.0) == b"x" * 182
         # The peripheral's BlueZ shows the central as a connected device.
         assert c.address in p.devices and p.devices[c.address].connected
         await client.stop_notify(CHAR)
@@ -163,7 +163,7 @@ async def test_write_without_response_longer_than_mtu_is_refused(
     from bleak.exc import BleakDBusError
 
     _c, p, periph = await _setup(world, monkeypatch, mtu=23)
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     async with BleakClient(device) as client:
         await client.write_gatt_char(CHAR, b"y" * 20, response=False)
@@ -181,19 +181,19 @@ async def test_power_off_peripheral_disconnects_central(
     from bleak import BleakClient, BleakScanner
 
     _c, p, periph = await _setup(world, monkeypatch)
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     disconnected = asyncio.Event()
     client = BleakClient(device, disconnected_callback=lambda _c: disconnected.set())
     await client.connect()
     assert client.is_connected
     world.set_powered("p", False)
-    await asyncio.wait_for(disconnected.wait(), 2.0)
+    await asyncio.wait_for(disconnected.wait(), 5.0)
     assert not client.is_connected
     # Powered off, P is not heard; powered on again, it is found and connectable.
     assert await BleakScanner.find_device_by_address(p.address, timeout=0.3) is None
     world.set_powered("p", True)
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     async with BleakClient(device) as again:
         assert await again.read_gatt_char(CHAR) == b"hello from meshdP"
@@ -207,18 +207,18 @@ async def test_dropped_connection_and_out_of_range(
     from bleak.exc import BleakError
 
     _c, p, periph = await _setup(world, monkeypatch)
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     lost = asyncio.Event()
     client = BleakClient(device, disconnected_callback=lambda _c: lost.set())
     await client.connect()
     world.drop_connection("c", "p")
-    await asyncio.wait_for(lost.wait(), 2.0)
+    await asyncio.wait_for(lost.wait(), 5.0)
     with pytest.raises(BleakError):
         await client.read_gatt_char(CHAR)
     world.cut_link("c", "p")
     with pytest.raises(BleakError):
-        await BleakClient(device).connect(timeout=2.0)
+        await BleakClient(device).connect(timeout=5.0)
     await periph.stop()
 
 
@@ -233,7 +233,7 @@ async def test_acquired_sockets_mtu_notify_and_write(
     from dbus_fast.aio import MessageBus
 
     c, p, periph = await _setup(world, monkeypatch, mtu=100)
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     got: asyncio.Queue[bytes] = asyncio.Queue()
     async with BleakClient(device) as client:
@@ -245,8 +245,8 @@ async def test_acquired_sockets_mtu_notify_and_write(
         )
         periph.notify(b"via socket")
         periph.notify(b"q" * 150)
-        assert await asyncio.wait_for(got.get(), 2.0) == b"via socket"
-        assert await asyncio.wait_for(got.get(), 2.0) == b"q" * 97
+        assert await asyncio.wait_for(got.get(), 5.0) == b"via socket"
+        assert await asyncio.wait_for(got.get(), 5.0) == b"q" * 97
 
         # AcquireWrite from a raw client: each packet is one Write Command, in order.
         char = client.services.get_characteristic(CHAR)
@@ -270,7 +270,7 @@ async def test_acquired_sockets_mtu_notify_and_write(
         for i in range(5):
             os.write(fd, b"w%d" % i)
         os.write(fd, b"L" * 200)  # more than MTU-3: cut to one Write Command's payload
-        for _ in range(100):
+        for _ in range(250):
             if len(periph.writes) >= before + 6:
                 break
             await asyncio.sleep(0.02)
@@ -288,7 +288,7 @@ async def test_acquired_sockets_mtu_notify_and_write(
         assert second is not None and second.error_name == "org.bluez.Error.NotPermitted"
         os.close(fd)  # releasing it makes it acquirable again
         (mirror,) = c.links["p"].chars.values()
-        for _ in range(100):
+        for _ in range(250):
             if not mirror.write_acquired:
                 break
             await asyncio.sleep(0.02)

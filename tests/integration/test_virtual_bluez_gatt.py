@@ -65,7 +65,7 @@ async def test_descriptor_is_mirrored_and_readable(
         )
 
     await periph.start(before_start=before_start)
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     async with BleakClient(device) as client:
         char = client.services.get_characteristic(CHAR)
@@ -95,7 +95,7 @@ async def test_two_centrals_share_one_subscription(
     assert (
         await _call(dbus, "/org/bluez/hci0", "org.bluez.Adapter1", "StartDiscovery")
     ).message_type is MessageType.METHOD_RETURN
-    for _ in range(100):
+    for _ in range(250):
         if p.address in d.devices:
             break
         await asyncio.sleep(0.02)
@@ -125,7 +125,7 @@ async def test_two_centrals_share_one_subscription(
         await _call(dbus, d_char.path, "org.bluez.GattCharacteristic1", "StartNotify")
     ).message_type is MessageType.METHOD_RETURN
 
-    device = await BleakScanner.find_device_by_address(p.address, timeout=2.0)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     c_values: list[bytes] = []
     async with BleakClient(device) as client:
@@ -192,8 +192,8 @@ async def test_broadcast_advertiser_is_seen_but_not_connectable(world: World) ->
 
 
 async def _until(cond: Any) -> None:
-    for _ in range(100):
+    for _ in range(250):
         if cond():
             return
         await asyncio.sleep(0.02)
-    raise AssertionError("condition not met within 2 s")
+    raise AssertionError("condition not met within 5 s")
