@@ -152,7 +152,7 @@ async def test_connect_read_write_notify(world: World, monkeypatch: pytest.Monke
         assert c.address in p.devices and p.devices[c.address].connected
         await client.stop_notify(CHAR)
     assert not world.air.connected("c", "p")
-    assert c.address not in p.devices
+    assert not p.devices[c.address].connected
     await periph.stop()
 
 

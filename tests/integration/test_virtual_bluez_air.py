@@ -62,6 +62,21 @@ def test_connect_needs_range_and_power() -> None:
     assert not air.connected("p", "c")  # direction matters: c is the central
 
 
+def test_one_connection_per_pair_in_either_role() -> None:
+    air = _air("c", "p")
+    air.set_link("c", "p", mtu=100)
+    air.connect("c", "p")
+    with pytest.raises(FailedPrecondition, match="already connected"):
+        air.connect("p", "c")
+    assert air.connection_between("p", "c") == ("c", "p")
+    assert air.connection_mtu("p", "c") == 100
+    air.update_link("c", "p", mtu=50)  # a live connection keeps the MTU it was opened with
+    assert air.connection_mtu("c", "p") == 100
+    assert air.disconnect("p", "c")  # either side may end it
+    assert air.connection_between("c", "p") is None
+    assert air.connection_mtu("c", "p") is None
+
+
 def test_power_off_loses_every_connection_of_the_node() -> None:
     air = _air("a", "b", "c")
     air.set_link("a", "b")

@@ -197,3 +197,53 @@ async def _until(cond: Any) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met within 5 s")
+
+
+async def test_one_connection_carries_gatt_both_ways(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After C connects to P, P's Connect on C reuses that connection (as BlueZ does) and
+    reads C's GATT server; one Disconnect ends both directions."""
+    from bleak import BleakClient, BleakScanner
+
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p", mtu=247)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "both-p")
+    await periph.start()
+    c_server = Peripheral(c, "both-c")  # C is a GATT server too
+    await c_server.start()
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
+    assert device is not None
+    gone = asyncio.Event()
+    client = BleakClient(device, disconnected_callback=lambda _c: gone.set())
+    await client.connect()
+    assert world.air.connections() == [("c", "p")]
+
+    pbus = await MessageBus(bus_address=p.bus_address).connect()
+    c_on_p = p.device_path_of(c.address)
+    reply = await _call(pbus, c_on_p, "org.bluez.Device1", "Connect")
+    assert reply.message_type is MessageType.METHOD_RETURN
+    assert world.air.connections() == [("c", "p")]  # still one connection
+    (mirror,) = p.links["c"].chars.values()
+    read = await pbus.call(
+        Message(
+            destination="org.bluez",
+            path=mirror.path,
+            interface="org.bluez.GattCharacteristic1",
+            member="ReadValue",
+            signature="a{sv}",
+            body=[{}],
+        )
+    )
+    assert read is not None and bytes(read.body[0]) == b"hello from both-c"
+    assert mirror.owner.mtu == 247
+
+    reply = await _call(pbus, c_on_p, "org.bluez.Device1", "Disconnect")
+    assert reply.message_type is MessageType.METHOD_RETURN
+    await asyncio.wait_for(gone.wait(), 5.0)  # C's bleak sees its link go as well
+    assert world.air.connections() == [] and not p.links and not c.links
+    pbus.disconnect()
+    await c_server.stop()
+    await periph.stop()

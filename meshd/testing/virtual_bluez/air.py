@@ -74,7 +74,9 @@ class Air:
     def __init__(self, *, seed: int = 0) -> None:
         self._nodes: dict[str, bool] = {}  # name -> powered
         self._links: dict[frozenset[str], LinkParams] = {}
-        self._connections: set[tuple[str, str]] = set()  # (central, peripheral)
+        # One LE connection per pair of nodes, keyed (central, peripheral) by who initiated
+        # it, with the MTU it runs at. Once up, either side may be GATT client of the other.
+        self._connections: dict[tuple[str, str], int] = {}
         self._rng = random.Random(seed)
 
     # -- nodes and links -------------------------------------------------------------
@@ -157,6 +159,10 @@ class Air:
         """Open central→peripheral; returns the link conditions (MTU) it runs with."""
         self._check(central)
         self._check(peripheral)
+        if self.connection_between(central, peripheral) is not None:
+            raise FailedPrecondition(
+                f"{central!r} and {peripheral!r} are already connected", field="peripheral"
+            )
         if not self.powered(central):
             raise FailedPrecondition(f"adapter of {central!r} is off", field="central")
         if not self.powered(peripheral):
@@ -166,16 +172,27 @@ class Air:
             raise FailedPrecondition(
                 f"{peripheral!r} is out of range of {central!r}", field="peripheral"
             )
-        self._connections.add((central, peripheral))
+        self._connections[(central, peripheral)] = params.mtu
         return params
 
-    def disconnect(self, central: str, peripheral: str) -> bool:
-        """A side asked to disconnect; True if there was a connection."""
-        try:
-            self._connections.remove((central, peripheral))
-        except KeyError:
+    def disconnect(self, a: str, b: str) -> bool:
+        """Either side asked to disconnect; True if there was a connection."""
+        conn = self.connection_between(a, b)
+        if conn is None:
             return False
+        del self._connections[conn]
         return True
+
+    def connection_between(self, a: str, b: str) -> tuple[str, str] | None:
+        """(central, peripheral) of the connection between a and b, in either role."""
+        for conn in ((a, b), (b, a)):
+            if conn in self._connections:
+                return conn
+        return None
+
+    def connection_mtu(self, a: str, b: str) -> int | None:
+        conn = self.connection_between(a, b)
+        return None if conn is None else self._connections[conn]
 
     def drop_connection(self, a: str, b: str) -> list[AirEvent]:
         """Fault injection: the connection between a and b dies (supervision timeout)."""
@@ -195,5 +212,5 @@ class Air:
     def _drop_where(self, match: _Match, reason: str) -> list[AirEvent]:
         lost = sorted(c for c in self._connections if match(*c))
         for conn in lost:
-            self._connections.discard(conn)
+            del self._connections[conn]
         return [ConnectionLost(c, p, reason) for c, p in lost]

@@ -291,29 +291,37 @@ class VirtualNode:
             self.devices[peer.address] = device
             self.bus.export(device.path, device)
 
-    def central_connected(self, central: VirtualNode, now: float) -> None:
-        """Peripheral side: BlueZ shows the central as a connected Device1."""
-        device = self.devices.get(central.address)
+    def acl_up(self, peer: VirtualNode, now: float) -> Device:
+        """A connection with peer exists (either role): its Device1 shows Connected."""
+        device = self.devices.get(peer.address)
         if device is None:
             device = Device(
                 self,
                 adapter_path=self.adapter_path,
-                address=central.address,
-                peer=central.name,
-                name=central.alias,
+                address=peer.address,
+                peer=peer.name,
+                name=peer.alias,
             )
-            self.devices[central.address] = device
+            self.devices[peer.address] = device
             self.bus.export(device.path, device)
         device.last_seen = now
         device.set_connected(True)
+        return device
 
-    async def central_disconnected(self, central: VirtualNode) -> None:
-        for key in [k for k, subs in self._subscribers.items() if central.name in subs]:
-            await self.unsubscribe(key, central.name)
-        device = self.devices.get(central.address)
+    def acl_down(self, peer: VirtualNode, now: float) -> None:
+        """The connection with peer is gone: Connected=False, then its GATT objects go."""
+        device = self.devices.get(peer.address)
         if device is not None:
+            device.last_seen = now  # a temporary device lingers for device_timeout
             device.set_connected(False)
-            self._drop_device(device)
+        link = self.links.pop(peer.name, None)
+        if link is not None:
+            link.close()
+
+    async def release_subscriptions(self, peer: VirtualNode) -> None:
+        """peer's subscriptions to this node's apps end (StopNotify after the last)."""
+        for key in [k for k, subs in self._subscribers.items() if peer.name in subs]:
+            await self.unsubscribe(key, peer.name)
 
     def expire_devices(self, *, older_than: float) -> None:
         """Forget devices neither connected nor heard since older_than (temporary ones)."""

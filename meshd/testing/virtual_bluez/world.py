@@ -117,42 +117,41 @@ class World:
         self._apply(self.air.drop_connection(a, b))
 
     # -- routing between nodes ----------------------------------------------------------
-    async def connect(self, central: VirtualNode, device: Device) -> None:
-        if central.links.get(device.peer) is not None:
+    async def connect(self, node: VirtualNode, device: Device) -> None:
+        """node called Device1.Connect: open the connection, or reuse the one that exists
+        (the peer connected to us), then resolve the peer's GATT services over it."""
+        if device.peer in node.links:
             return  # BlueZ answers Connect on a connected device with success
-        peripheral = self.nodes.get(device.peer)
-        if peripheral is None:
+        peer = self.nodes.get(device.peer)
+        if peer is None:
             raise DBusError(ERR_FAILED, "Page Timeout")
-        if not peripheral.connectable():
-            raise DBusError(ERR_FAILED, f"{device.address} is not connectable")
-        try:
-            params = self.air.connect(central.name, peripheral.name)
-        except MeshdError as exc:
-            raise DBusError(ERR_FAILED, f"le-connection-abort-by-remote: {exc}") from exc
-        if self.connect_delay > 0:
-            await asyncio.sleep(self.connect_delay)
-            if not self.air.connected(central.name, peripheral.name):
-                raise DBusError(ERR_FAILED, "connection lost while connecting")
-        link = Link(central, peripheral, device, params.mtu)
-        central.links[peripheral.name] = link
-        now = asyncio.get_running_loop().time()
-        peripheral.central_connected(central, now)
-        device.set_connected(True)
-        link.build(peripheral.gatt_table())
+        mtu = self.air.connection_mtu(node.name, peer.name)
+        if mtu is None:
+            if not peer.connectable():
+                raise DBusError(ERR_FAILED, f"{device.address} is not connectable")
+            try:
+                mtu = self.air.connect(node.name, peer.name).mtu
+            except MeshdError as exc:
+                raise DBusError(ERR_FAILED, f"le-connection-abort-by-remote: {exc}") from exc
+            if self.connect_delay > 0:
+                await asyncio.sleep(self.connect_delay)
+                if self.air.connection_between(node.name, peer.name) is None:
+                    raise DBusError(ERR_FAILED, "connection lost while connecting")
+            now = asyncio.get_running_loop().time()
+            peer.acl_up(node, now)
+            node.acl_up(peer, now)
+        link = Link(node, peer, device, mtu)
+        node.links[peer.name] = link
+        link.build(peer.gatt_table())
         device.set_services_resolved(True)
 
     async def disconnect(self, node: VirtualNode, device: Device) -> None:
-        """Either side called Device1.Disconnect."""
-        other = self.nodes.get(device.peer)
-        if node.links.get(device.peer) is not None:
-            central, peripheral = node, other
-        elif other is not None and node.name in other.links:
-            central, peripheral = other, node
-        else:
+        """Either side called Device1.Disconnect: the one connection between them ends."""
+        peer = self.nodes.get(device.peer)
+        if peer is None or not self.air.disconnect(node.name, peer.name):
             return  # BlueZ: disconnecting a disconnected device succeeds
-        assert peripheral is not None
-        self.air.disconnect(central.name, peripheral.name)
-        await self._teardown(central, peripheral)
+        for release in self._connection_down(node, peer):
+            await release
 
     def notify(self, peripheral: VirtualNode, remote: tuple[str, str], value: bytes) -> None:
         """The peripheral's app changed a characteristic's Value: notify subscribed links."""
@@ -168,32 +167,26 @@ class World:
     def _apply(self, events: list[AirEvent]) -> None:
         for event in events:
             if isinstance(event, ConnectionLost):
-                central = self.nodes.get(event.central)
-                peripheral = self.nodes.get(event.peripheral)
-                if (
-                    central is not None
-                    and peripheral is not None
-                    and self._close_link(central, peripheral)
-                ):
-                    self._spawn(peripheral.central_disconnected(central))
+                a = self.nodes.get(event.central)
+                b = self.nodes.get(event.peripheral)
+                if a is not None and b is not None:
+                    for release in self._connection_down(a, b):
+                        self._spawn(release)
             elif isinstance(event, PowerChanged):
                 node = self.nodes.get(event.node)
                 if node is not None:
                     node.power_changed(event.powered)
 
-    async def _teardown(self, central: VirtualNode, peripheral: VirtualNode) -> None:
-        if self._close_link(central, peripheral):
-            await peripheral.central_disconnected(central)
-
     @staticmethod
-    def _close_link(central: VirtualNode, peripheral: VirtualNode) -> bool:
-        """Central side of a disconnection: Connected=False, GATT objects removed."""
-        link = central.links.pop(peripheral.name, None)
-        if link is None:
-            return False
-        link.device.set_connected(False)
-        link.close()
-        return True
+    def _connection_down(
+        a: VirtualNode, b: VirtualNode
+    ) -> list[Coroutine[Any, Any, None]]:
+        """Both sides see Connected=False and lose their mirrors now; the returned
+        coroutines end the subscriptions each had on the other's apps."""
+        now = asyncio.get_running_loop().time()
+        a.acl_down(b, now)
+        b.acl_down(a, now)
+        return [a.release_subscriptions(b), b.release_subscriptions(a)]
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Signals of the synchronous part (Connected=False) go out before this returns;
