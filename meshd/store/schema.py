@@ -82,6 +82,23 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at   REAL NOT NULL
     );
     """,
+    # 1 -> 2: TOFU pins and contacts (meshd/crypto/tofu.py). Identities already seen are
+    # pinned as they were last seen: a node upgraded in place starts with its pins.
+    """
+    CREATE TABLE contacts (
+        address               BLOB PRIMARY KEY,
+        signing_key           BLOB NOT NULL,
+        exchange_key          BLOB NOT NULL,
+        pending_exchange_key  BLOB,
+        key_changed_at        REAL,
+        name                  TEXT NOT NULL DEFAULT '',
+        verified              INTEGER NOT NULL DEFAULT 0,
+        first_seen            REAL NOT NULL,
+        last_seen             REAL NOT NULL
+    );
+    INSERT INTO contacts (address, signing_key, exchange_key, first_seen, last_seen)
+        SELECT address, signing_key, exchange_key, first_seen, last_seen FROM peers;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs
