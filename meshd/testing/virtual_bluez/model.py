@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
-
-from dbus_fast import Variant
 
 from meshd.errors import InvalidArgument
 
@@ -39,27 +38,47 @@ class Advertisement:
         adv_type = props.get("Type", "peripheral")
         if adv_type not in ("peripheral", "broadcast"):
             raise InvalidArgument(f"unknown advertisement type {adv_type!r}", field="Type")
-        try:
-            manufacturer = {int(k): bytes(v) for k, v in props.get("ManufacturerData", {}).items()}
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(str(exc), field="ManufacturerData") from exc
-        try:
-            service_data = {str(k): bytes(v) for k, v in props.get("ServiceData", {}).items()}
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(str(exc), field="ServiceData") from exc
         name = props.get("LocalName")
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgument("must be a string", field="LocalName")
         tx = props.get("TxPower")
+        if tx is not None and (type(tx) is not int or not -127 <= tx <= 20):
+            raise InvalidArgument("must be an int within -127..20 dBm", field="TxPower")
         return cls(
             owner=owner,
             path=path,
             type=adv_type,
-            service_uuids=tuple(str(u).lower() for u in props.get("ServiceUUIDs", [])),
-            manufacturer_data=manufacturer,
-            service_data=service_data,
-            local_name=str(name) if name else None,
-            includes=tuple(str(i) for i in props.get("Includes", [])),
-            tx_power=int(tx) if isinstance(tx, int) else None,
+            service_uuids=tuple(
+                normalize_uuid(u, field="ServiceUUIDs") for u in _str_list(props, "ServiceUUIDs")
+            ),
+            manufacturer_data=_bytes_map(props, "ManufacturerData", int),
+            service_data={
+                normalize_uuid(k, field="ServiceData"): v
+                for k, v in _bytes_map(props, "ServiceData", str).items()
+            },
+            local_name=name or None,
+            includes=_str_list(props, "Includes"),
+            tx_power=tx,
         )
+
+
+def _str_list(props: dict[str, Any], field: str) -> tuple[str, ...]:
+    value = props.get(field, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument("must be a list of strings", field=field)
+    return tuple(value)
+
+
+def _bytes_map(props: dict[str, Any], field: str, key_type: type) -> dict[Any, bytes]:
+    value = props.get(field, {})
+    if not isinstance(value, dict):
+        raise InvalidArgument("must be a dictionary", field=field)
+    out: dict[Any, bytes] = {}
+    for key, data in value.items():
+        if type(key) is not key_type or not isinstance(data, bytes | bytearray):
+            raise InvalidArgument(f"entries must map {key_type.__name__} to bytes", field=field)
+        out[key] = bytes(data)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,47 +111,71 @@ class AppService:
     characteristics: tuple[AppCharacteristic, ...] = ()
 
 
-def parse_application(owner: str, objects: dict[str, dict[str, Any]]) -> list[AppService]:
+def parse_application(owner: str, objects: dict[str, Any]) -> list[AppService]:
     """Turn an app's unpacked GetManagedObjects reply into its GATT table (sorted by path)."""
+    if not isinstance(objects, dict) or not all(isinstance(v, dict) for v in objects.values()):
+        raise InvalidArgument("GetManagedObjects must return a{oa{sa{sv}}}", field="objects")
+    tables = {iface: _objects_with(objects, iface) for iface in _GATT_INTERFACES}
     services: list[AppService] = []
-    for spath in sorted(objects):
-        sprops = objects[spath].get(GATT_SERVICE_INTERFACE)
-        if sprops is None:
-            continue
+    for spath, sprops in tables[GATT_SERVICE_INTERFACE].items():
         chars: list[AppCharacteristic] = []
-        for cpath in sorted(objects):
-            cprops = objects[cpath].get(GATT_CHARACTERISTIC_INTERFACE)
-            if cprops is None or cprops.get("Service") != spath:
+        for cpath, cprops in tables[GATT_CHARACTERISTIC_INTERFACE].items():
+            if cprops.get("Service") != spath:
                 continue
             descs = tuple(
-                AppDescriptor(owner, dpath, _uuid(dprops, dpath), tuple(dprops.get("Flags", [])))
-                for dpath in sorted(objects)
-                if (dprops := objects[dpath].get(GATT_DESCRIPTOR_INTERFACE)) is not None
-                and dprops.get("Characteristic") == cpath
+                AppDescriptor(owner, dpath, _uuid(dprops, dpath), _str_list(dprops, "Flags"))
+                for dpath, dprops in tables[GATT_DESCRIPTOR_INTERFACE].items()
+                if dprops.get("Characteristic") == cpath
             )
             chars.append(
                 AppCharacteristic(
-                    owner, cpath, _uuid(cprops, cpath), tuple(cprops.get("Flags", [])), descs
+                    owner, cpath, _uuid(cprops, cpath), _str_list(cprops, "Flags"), descs
                 )
             )
-        services.append(
-            AppService(
-                owner,
-                spath,
-                _uuid(sprops, spath),
-                bool(sprops.get("Primary", True)),
-                tuple(chars),
-            )
-        )
+        primary = sprops.get("Primary", True)
+        if not isinstance(primary, bool):
+            raise InvalidArgument(f"object {spath}: must be a boolean", field="Primary")
+        services.append(AppService(owner, spath, _uuid(sprops, spath), primary, tuple(chars)))
     return services
 
 
+_GATT_INTERFACES = (
+    GATT_SERVICE_INTERFACE,
+    GATT_CHARACTERISTIC_INTERFACE,
+    GATT_DESCRIPTOR_INTERFACE,
+)
+
+
+def _objects_with(objects: dict[str, Any], interface: str) -> dict[str, dict[str, Any]]:
+    """Objects (sorted by path) that have interface, each as its property dictionary."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(objects):
+        props = objects[path].get(interface)
+        if props is None:
+            continue
+        if not isinstance(props, dict):
+            raise InvalidArgument(f"object {path}: properties must be a{{sv}}", field=interface)
+        out[path] = props
+    return out
+
+
 def _uuid(props: dict[str, Any], path: str) -> str:
-    uuid = props.get("UUID")
-    if not isinstance(uuid, str) or not uuid:
+    value = props.get("UUID")
+    if not isinstance(value, str) or not value:
         raise InvalidArgument(f"object {path} has no UUID", field="UUID")
-    return uuid.lower()
+    return normalize_uuid(value, field="UUID")
 
 
-def bytes_dict_variant(data: dict[Any, bytes]) -> dict[Any, Variant]:
-    return {k: Variant("ay", v) for k, v in data.items()}
+# Bluetooth Base UUID (Core 5.3 Vol 3 Part B 2.5.1): 16/32-bit UUIDs are short forms of it.
+_BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
+
+
+def normalize_uuid(value: str, *, field: str) -> str:
+    """A UUID as BlueZ reports it: 128-bit, lower case (short forms expanded)."""
+    text = value.lower().removeprefix("0x")
+    if len(text) in (4, 8) and all(c in "0123456789abcdef" for c in text):
+        return f"{int(text, 16):08x}{_BASE_UUID_SUFFIX}"
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidArgument(f"{value!r} is not a UUID", field=field) from None

@@ -235,6 +235,8 @@ class VirtualNode:
         reply = await self._call_app(
             owner, path, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", "", []
         )
+        if reply.signature != "a{oa{sa{sv}}}":
+            raise DBusError(ERR_INVALID_ARGS, "GetManagedObjects: not a{oa{sa{sv}}}")
         objects = unpack_variants(reply.body[0])
         try:
             services = parse_application(owner, objects)
@@ -440,6 +442,8 @@ class VirtualNode:
         reply = await self._call_app(
             owner, path, "org.freedesktop.DBus.Properties", "GetAll", "s", [interface]
         )
+        if reply.signature != "a{sv}":
+            raise DBusError(ERR_INVALID_ARGS, f"GetAll({interface}): not a{{sv}}")
         props: dict[str, Any] = unpack_variants(reply.body[0])
         return props
 

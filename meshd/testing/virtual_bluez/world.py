@@ -178,9 +178,7 @@ class World:
                     node.power_changed(event.powered)
 
     @staticmethod
-    def _connection_down(
-        a: VirtualNode, b: VirtualNode
-    ) -> list[Coroutine[Any, Any, None]]:
+    def _connection_down(a: VirtualNode, b: VirtualNode) -> list[Coroutine[Any, Any, None]]:
         """Both sides see Connected=False and lose their mirrors now; the returned
         coroutines end the subscriptions each had on the other's apps."""
         now = asyncio.get_running_loop().time()
