@@ -199,4 +199,7 @@ def event_line(ev: mpb.Event) -> str:
     if kind == "path_changed":
         p = ev.path_changed
         return head + f"path to {p.dst} changed" + (f": {p.detail}" if p.detail else "")
+    if kind == "key_changed":
+        k = ev.key_changed
+        return head + f"KEY CHANGED for {k.peer}" + (f": {k.detail}" if k.detail else "")
     return head + "unknown event (newer meshd?)"

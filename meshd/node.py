@@ -39,7 +39,16 @@ from meshd.errors import (
     StoreError,
     Unavailable,
 )
-from meshd.node_api import AppEvent, AppEventKind, Caller, MessageRecord, NodeStatus
+from meshd.identity_service import IdentityService
+from meshd.node_api import (
+    AppEvent,
+    AppEventKind,
+    Caller,
+    ContactInfo,
+    IdentityInfo,
+    MessageRecord,
+    NodeStatus,
+)
 from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.events import (
     CoreEvent,
@@ -142,6 +151,8 @@ class Node:
         self._started_at = time.time()
         self._running = False
         self._closed = False
+        # TOFU pins and contacts (meshd/identity_service.py; ContactsApi delegates there).
+        self.trust = IdentityService(identity, store, commit=self._durable, log=self.log)
 
     @classmethod
     def open(
@@ -318,6 +329,10 @@ class Node:
             self.store.upsert_peer(peer, now=time.time(), endpoint=link.description)
         except StoreError as exc:
             self.log.error("store_write_failed", what="peer", error=str(exc))
+        try:
+            self.trust.observe(peer.address, peer, wall=time.time())
+        except StoreError as exc:
+            self.log.error("store_write_failed", what="contact", error=str(exc))
         self.log.info(
             "link_up", link=link_id, peer=peer.address.short, endpoint=link.description
         )
@@ -452,6 +467,7 @@ class Node:
             return
         if isinstance(event, PeerIdentityLearned):
             store.upsert_peer(event.identity, now=wall)
+            self.trust.observe(event.address, event.identity, wall=wall)
             return
         if isinstance(event, LinkAdviceChanged):
             entry = self._links.get(event.link_id)
@@ -509,6 +525,29 @@ class Node:
     def _wake_subscribers(self) -> None:
         for ev in self._subscribers:
             ev.set()
+
+    # --- ContactsApi (meshd/identity_service.py) ------------------------------------
+    def identity_info(self) -> IdentityInfo:
+        return self.trust.identity_info()
+
+    def list_contacts(self) -> list[ContactInfo]:
+        return self.trust.list_contacts()
+
+    def get_contact(self, address: NodeAddress) -> ContactInfo:
+        return self.trust.get_contact(address)
+
+    async def set_contact_name(
+        self, caller: Caller, address: NodeAddress, name: str
+    ) -> ContactInfo:
+        return await self.trust.set_contact_name(caller, address, name)
+
+    async def trust_key_change(self, caller: Caller, address: NodeAddress) -> ContactInfo:
+        return await self.trust.trust_key_change(caller, address)
+
+    async def verify_contact(
+        self, caller: Caller, address: NodeAddress, safety_number: str
+    ) -> ContactInfo:
+        return await self.trust.verify_contact(caller, address, safety_number)
 
     # --- NodeApi --------------------------------------------------------------------
     @property

@@ -10,9 +10,10 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from meshd.address import NodeAddress
+from meshd.crypto.tofu import Contact
 from meshd.router.events import DeliveryState
 from meshd.router.types import NeighbourInfo, RouteInfo
 from meshd.transports.base import TransportStatus
@@ -68,6 +69,8 @@ class AppEventKind(enum.Enum):
     NEIGHBOUR_UP = "neighbour_up"
     NEIGHBOUR_DOWN = "neighbour_down"
     PATH_CHANGED = "path_changed"
+    # A pinned peer presented another exchange key: refused until trusted (meshd.crypto.tofu).
+    KEY_CHANGED = "key_changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +118,44 @@ class NodeApi(Protocol):
         """Stored events after ``after_cursor`` (all retained when None... see impl),
         then live ones as they happen. Only the caller's app's messages."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityInfo:
+    """This node's public identity and its short fingerprint (docs/identity.md)."""
+
+    address: NodeAddress
+    signing_key: bytes
+    exchange_key: bytes
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContactInfo:
+    """A pinned peer as the API shows it."""
+
+    contact: Contact
+    fingerprint: str  # the peer's short fingerprint
+    safety_number: str | None = None  # 60 digits; only computed for single-contact reads
+
+
+@runtime_checkable
+class ContactsApi(Protocol):
+    """Identity, TOFU pins and contacts. Reads are open to every caller; changes need an
+    admin or the daemon's own uid (an app must not accept a key change for the user)."""
+
+    def identity_info(self) -> IdentityInfo: ...
+
+    def list_contacts(self) -> list[ContactInfo]: ...
+
+    def get_contact(self, address: NodeAddress) -> ContactInfo: ...
+
+    async def set_contact_name(
+        self, caller: Caller, address: NodeAddress, name: str
+    ) -> ContactInfo: ...
+
+    async def trust_key_change(self, caller: Caller, address: NodeAddress) -> ContactInfo: ...
+
+    async def verify_contact(
+        self, caller: Caller, address: NodeAddress, safety_number: str
+    ) -> ContactInfo: ...

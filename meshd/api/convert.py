@@ -212,4 +212,7 @@ def event(e: AppEvent) -> mpb.Event:
     elif e.kind is AppEventKind.PATH_CHANGED:
         out.path_changed.dst, out.path_changed.detail = peer, e.detail
         out.path_changed.SetInParent()
+    elif e.kind is AppEventKind.KEY_CHANGED:
+        out.key_changed.peer, out.key_changed.detail = peer, e.detail
+        out.key_changed.SetInParent()
     return out

@@ -22,18 +22,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from meshd.api.caller import CallerResolver
+from meshd.api.contacts import ContactsServicer
 from meshd.api.errors import ErrorMappingInterceptor
 from meshd.api.relay import SUN_PATH_MAX, CredentialRegistry, CredentialRelay
 from meshd.api.servicers import MessagingServicer, NodeServicer
-from meshd.api.v1 import messaging_pb2, messaging_pb2_grpc, node_pb2, node_pb2_grpc
+from meshd.api.v1 import (
+    contacts_pb2,
+    contacts_pb2_grpc,
+    messaging_pb2,
+    messaging_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+)
 from meshd.errors import FailedPrecondition, InvalidArgument
-from meshd.node_api import NodeApi
+from meshd.node_api import ContactsApi, NodeApi
 
 SOCKET_GROUP = "meshd"
 ADMIN_GROUP = "meshd-admin"
 SERVICE_NAMES = (
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+    contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"].full_name,
 )
 _LISTEN_BACKLOG = 128
 _RELAY_NAME_ROOM = 12  # "/c" + a connection counter
@@ -97,6 +106,10 @@ async def serve(
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node, callers), server)
     messaging = MessagingServicer(node, callers)
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(messaging, server)
+    if isinstance(node, ContactsApi):  # the real Node; a NodeApi-only test double has none
+        contacts_pb2_grpc.add_ContactsServiceServicer_to_server(
+            ContactsServicer(node, callers), server
+        )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

@@ -123,11 +123,15 @@ def test_event_conversion_covers_every_kind() -> None:
         AppEventKind.PATH_CHANGED: AppEvent(
             5, AppEventKind.PATH_CHANGED, 14.0, peer=B, detail="via x"
         ),
+        AppEventKind.KEY_CHANGED: AppEvent(
+            6, AppEventKind.KEY_CHANGED, 15.0, peer=A, detail="exchange key changed"
+        ),
     }
     assert set(cases) == set(AppEventKind)
     out = {kind: convert.event(ev) for kind, ev in cases.items()}
     assert [e.WhichOneof("kind") for e in out.values()] == [
-        "message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed"
+        "message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed",
+        "key_changed",
     ]  # fmt: skip
     assert out[AppEventKind.MESSAGE_RECEIVED].message_received.message.payload == b"hi"
     d = out[AppEventKind.DELIVERY_STATE].delivery_state
@@ -136,5 +140,7 @@ def test_event_conversion_covers_every_kind() -> None:
     )  # fmt: skip
     assert out[AppEventKind.NEIGHBOUR_DOWN].neighbour_down.peer == A.text
     assert out[AppEventKind.PATH_CHANGED].path_changed.detail == "via x"
-    assert [e.cursor for e in out.values()] == [1, 2, 3, 4, 5]
+    k = out[AppEventKind.KEY_CHANGED].key_changed
+    assert (k.peer, k.detail) == (A.text, "exchange key changed")
+    assert [e.cursor for e in out.values()] == [1, 2, 3, 4, 5, 6]
     assert out[AppEventKind.PATH_CHANGED].at.seconds == 14

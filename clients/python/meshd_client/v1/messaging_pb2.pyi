@@ -296,6 +296,7 @@ class Event(_message.Message):
     NEIGHBOUR_UP_FIELD_NUMBER: _builtins.int
     NEIGHBOUR_DOWN_FIELD_NUMBER: _builtins.int
     PATH_CHANGED_FIELD_NUMBER: _builtins.int
+    KEY_CHANGED_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Strictly increasing per node; pass the last one seen back as `after_cursor`."""
     @_builtins.property
@@ -310,6 +311,8 @@ class Event(_message.Message):
     def neighbour_down(self) -> Global___NeighbourChanged: ...
     @_builtins.property
     def path_changed(self) -> Global___PathChanged: ...
+    @_builtins.property
+    def key_changed(self) -> Global___KeyChanged: ...
     def __init__(
         self,
         *,
@@ -320,12 +323,13 @@ class Event(_message.Message):
         neighbour_up: Global___NeighbourChanged | None = ...,
         neighbour_down: Global___NeighbourChanged | None = ...,
         path_changed: Global___PathChanged | None = ...,
+        key_changed: Global___KeyChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "delivery_state", b"delivery_state", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cursor", b"cursor", "delivery_state", b"delivery_state", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cursor", b"cursor", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed", "key_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -422,3 +426,29 @@ class PathChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PathChanged: _TypeAlias = PathChanged  # noqa: Y015
+
+@_typing.final
+class KeyChanged(_message.Message):
+    """A pinned peer presented a different exchange key: it is refused (the pinned one stays
+    in use) until `meshctl contacts trust PEER` (ContactsService.TrustKeyChange).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyChanged: _TypeAlias = KeyChanged  # noqa: Y015
