@@ -13,6 +13,7 @@ from typing import TextIO
 import grpc
 
 from meshctl import commands
+from meshctl import contacts as contacts_cmd
 from meshd.paths import default_socket_path
 
 Command = Callable[[commands.Context, argparse.Namespace], Awaitable[int]]
@@ -23,6 +24,8 @@ _COMMANDS: dict[str, Command] = {
     "send": commands.send,
     "watch": commands.watch,
     "history": commands.history,
+    "identity": contacts_cmd.identity,
+    "contacts": contacts_cmd.contacts,
 }
 
 
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist = command("history", "message history of this app, newest first")
     hist.add_argument("--peer", metavar="ADDR", help="only messages to or from this node")
     hist.add_argument("--limit", type=_limit, default=50, metavar="N", help="1..1000 (default 50)")
+    contacts_cmd.add_parsers(command, lambda p: _add_common(p, suppress=True))
     return parser
 
 

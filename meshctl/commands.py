@@ -12,6 +12,7 @@ from typing import TextIO
 import grpc
 
 from meshctl import format as fmt
+from meshd.api.v1 import contacts_pb2_grpc as cgrpc
 from meshd.api.v1 import messaging_pb2 as mpb
 from meshd.api.v1 import messaging_pb2_grpc as mgrpc
 from meshd.api.v1 import node_pb2 as npb
@@ -30,6 +31,7 @@ class Context:
     ) -> None:
         self.node = ngrpc.NodeServiceStub(channel)
         self.messaging = mgrpc.MessagingServiceStub(channel)
+        self.contacts = cgrpc.ContactsServiceStub(channel)
         self.metadata = (("meshd-app", args.app),)
         self.json: bool = args.json
         self.out = out
