@@ -53,6 +53,7 @@ class LoadResult:
     created: bool  # no identity existed: a new one was generated
     migrated: bool  # a plain identity file was encrypted in place
     key: KeystoreKey
+    resealed: bool = False  # was sealed under keystore.key, now under the credential
 
 
 def parse_key(data: bytes, source: str) -> bytes:
@@ -152,8 +153,18 @@ def load_or_create(
                 f"credential {CREDENTIAL_NAME} ($CREDENTIALS_DIRECTORY) nor "
                 f"{state_dir / KEY_FILE}; it was left untouched"
             )
-        plain = unseal(key.key, blob, label=IDENTITY_LABEL, what=f"identity {path} "
-                       f"(key from {key.source})")  # fmt: skip
+        what = f"identity {path} (key from {key.source})"
+        try:
+            plain = unseal(key.key, blob, label=IDENTITY_LABEL, what=what)
+        except StoreError:
+            # The operator may have just moved to a systemd credential: a file sealed
+            # under the old keystore.key is resealed under the credential, once.
+            old = _key_file_opens(state_dir, blob) if key.from_credential else None
+            if old is None:
+                raise
+            identity = _identity(old, path)
+            write_private(path, seal(key.key, old, label=IDENTITY_LABEL), what="identity")
+            return LoadResult(identity, created=False, migrated=False, key=key, resealed=True)
         return LoadResult(_identity(plain, path), created=False, migrated=False, key=key)
 
     if blob is not None:  # plain (pre-keystore) file: decode first, then seal in place
@@ -169,6 +180,15 @@ def load_or_create(
     sealed = seal(key.key, identity.private_bytes(), label=IDENTITY_LABEL)
     write_private(path, sealed, what="identity")
     return LoadResult(identity, created=True, migrated=False, key=key)
+
+
+def _key_file_opens(state_dir: Path, blob: bytes) -> bytes | None:
+    """The plaintext if ``keystore.key`` (not the credential) opens ``blob``, else None."""
+    try:
+        key = parse_key((state_dir / KEY_FILE).read_bytes(), str(state_dir / KEY_FILE))
+        return unseal(key, blob, label=IDENTITY_LABEL, what="identity")
+    except (OSError, StoreError):
+        return None
 
 
 def _identity(plain: bytes, path: Path) -> Identity:

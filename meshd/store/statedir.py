@@ -68,6 +68,13 @@ def load_or_create_identity(
             detail="no systemd credential meshd-keystore-key: the private keys are only "
             "as safe as this file",
         )
+    if result.resealed:
+        log.warning(
+            "identity_resealed",
+            path=str(state_dir / IDENTITY_FILE),
+            key=result.key.source,
+            detail=f"now sealed under the credential: {keystore.KEY_FILE} can be deleted",
+        )
     if result.migrated:
         log.info("identity_encrypted", path=str(state_dir / IDENTITY_FILE),
                  address=result.identity.address.text)  # fmt: skip

@@ -160,7 +160,7 @@ def test_daemon_exits_1_with_one_line_on_a_wrong_key(tmp_path: Path) -> None:
     keystore.load_or_create(state / "identity.key", environ=NO_CRED)
     before = (state / "identity.key").read_bytes()
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "MESHD_SOCKET")}
-    env.update(_cred_env(tmp_path, os.urandom(32)))  # a credential that did not seal it
+    (state / keystore.KEY_FILE).write_bytes(os.urandom(32))  # not the key that sealed it
     proc = subprocess.run(
         [sys.executable, "-m", "meshd", "--state-dir", str(state),
          "--socket", str(tmp_path / "api.sock"), "--listen", "127.0.0.1:0", "--no-discovery"],
@@ -171,3 +171,15 @@ def test_daemon_exits_1_with_one_line_on_a_wrong_key(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("meshd: cannot decrypt identity"), lines
     assert str(state / "identity.key") in lines[0]
     assert (state / "identity.key").read_bytes() == before
+
+
+def test_moving_to_a_credential_reseals_once(tmp_path: Path) -> None:
+    state = ensure_state_dir(tmp_path / "state")
+    first = keystore.load_or_create(state / "identity.key", environ=NO_CRED)
+    env = _cred_env(tmp_path, os.urandom(32))
+    moved = keystore.load_or_create(state / "identity.key", environ=env)
+    assert moved.resealed and moved.identity.address == first.identity.address
+    again = keystore.load_or_create(state / "identity.key", environ=env)
+    assert not again.resealed and again.identity.address == first.identity.address
+    with pytest.raises(StoreError):  # keystore.key no longer opens it
+        keystore.load_or_create(state / "identity.key", environ=NO_CRED)
