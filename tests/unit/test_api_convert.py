@@ -144,3 +144,9 @@ def test_event_conversion_covers_every_kind() -> None:
     assert (k.peer, k.detail) == (A.text, "exchange key changed")
     assert [e.cursor for e in out.values()] == [1, 2, 3, 4, 5, 6]
     assert out[AppEventKind.PATH_CHANGED].at.seconds == 14
+
+
+def test_address_text_cache_names_each_address_right() -> None:
+    addresses = [NodeAddress(bytes([i]) * 16) for i in range(40)]
+    for address in addresses + addresses[::-1]:  # second pass: from the cache
+        assert convert.address_text(address) == address.text
