@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.crypto import fingerprint, tofu
 from meshd.crypto.identity import Identity, PublicIdentity
@@ -135,3 +137,33 @@ def test_migration_pins_peers_already_seen(tmp_path: Path) -> None:
         assert not c.verified and c.name == ""
     finally:
         store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 3), st.just("trust")), max_size=25))
+def test_pin_only_moves_on_trust(steps: list[int | str]) -> None:
+    """Whatever keys show up, the pinned key changes only on trust, to the pending key;
+    KEY_CHANGED is reported exactly when a key differs from both pinned and pending."""
+    keys = [_rekeyed(PEER, bytes([0x30 + i])) for i in range(4)]
+    contact = tofu.observe(None, PEER.address, keys[0], now=0.0).contact
+    assert contact is not None
+    for t, step in enumerate(steps, start=1):
+        if step == "trust":
+            if contact.pending_exchange_key is None:
+                with pytest.raises(FailedPrecondition):
+                    tofu.trust(contact)
+            else:
+                pending = contact.pending_exchange_key
+                contact = tofu.trust(contact)
+                assert contact.exchange_key == pending and contact.pending_exchange_key is None
+            continue
+        assert isinstance(step, int)
+        seen = keys[step]
+        before = contact
+        obs = tofu.observe(contact, PEER.address, seen, now=float(t))
+        assert obs.contact is not None
+        contact = obs.contact
+        assert contact.exchange_key == before.exchange_key  # never applied by observing
+        assert contact.signing_key == PEER.public.signing_key
+        new = seen.exchange_key not in (before.exchange_key, before.pending_exchange_key)
+        assert (obs.verdict is tofu.Verdict.KEY_CHANGED) == new
