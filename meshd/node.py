@@ -52,6 +52,7 @@ from meshd.node_api import (
 from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.events import (
     CoreEvent,
+    DeliveryState,
     DeliveryStateChanged,
     FrameRejected,
     LinkAdviceChanged,
@@ -63,6 +64,7 @@ from meshd.router.events import (
     PeerIdentityLearned,
 )
 from meshd.router.types import NeighbourInfo, OutboxEntry, RouteInfo
+from meshd.sendwindow import SendWindow
 from meshd.store import Store
 from meshd.store.statedir import (
     DATABASE_FILE,
@@ -144,6 +146,7 @@ class Node:
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._gate: SyncGate | None = None  # frames and replies waiting for an fsync
         self._subscribers: set[asyncio.Event] = set()
+        self._window = SendWindow(self._now)  # backpressure on apps (meshd.sendwindow)
         self._visible_cursor = 0  # last committed event cursor: what subscribers may see
         # app id -> owner uid, or None while unclaimed. Only this node (it holds the state
         # dir's lock) writes the apps table, so the cache cannot go stale.
@@ -232,6 +235,7 @@ class Node:
         if self._closed:
             return
         self._running = False
+        self._window.release_all()
         for transport in self._transports:
             try:
                 await transport.stop()
@@ -434,6 +438,10 @@ class Node:
             self._message_received(event, wall)
             return
         if isinstance(event, DeliveryStateChanged):
+            if event.state is DeliveryState.SENT:
+                self._window.sent(event.dst, event.message_id)
+            else:
+                self._window.left(event.dst, event.message_id)
             store.set_outgoing_state(
                 event.message_id, event.state, event.reason, at=wall
             )
@@ -620,6 +628,10 @@ class Node:
             raise InvalidArgument(
                 f"lifetime must be in (0, {MAX_LIFETIME_S:.0f}] seconds", field="lifetime"
             )
+        if self._window.full(dst):  # many of ours to dst unacknowledged on a link: wait
+            await self._window.room(dst)
+            if not self._running:
+                raise Unavailable("the node is shutting down")
         envelope = Envelope(app_id, bytes(payload)).encode()
         message_id = os.urandom(8)
         # core.send first: if it refuses (full outbox, too large) nothing is stored. Its

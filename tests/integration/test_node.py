@@ -526,3 +526,37 @@ async def test_writes_during_an_fsync_share_one_commit_and_wait_for_it(tmp_path:
         a.store.add_outgoing = real_add  # type: ignore[method-assign]
         await a.stop()
         await b.stop()
+
+
+async def test_sends_wait_while_the_window_to_a_destination_is_full(tmp_path: Path) -> None:
+    """Backpressure (meshd.sendwindow): with 64 messages to B on the link and none of them
+    link-acknowledged, the next send waits; B's LINK_ACKs let it through."""
+    from meshd.sendwindow import DEFAULT_LIMIT
+
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    wire = connect(ta, tb)
+    await a.start()
+    await b.start()
+    b_end = wire.end_of(tb)
+    real_send = b_end.send
+    held: list[bytes] = []
+    try:
+        b_end.send = held.append  # type: ignore[method-assign]  # B -> A: nothing arrives
+        for i in range(DEFAULT_LIMIT):
+            await asyncio.wait_for(a.send_message(CHAT, b.address, b"%d" % i, lifetime_s=None), 5)
+        await asyncio.sleep(0.05)
+        assert a._window.in_flight(b.address) == DEFAULT_LIMIT
+        late = asyncio.ensure_future(a.send_message(CHAT, b.address, b"late", lifetime_s=None))
+        await asyncio.sleep(0.3)
+        assert not late.done()
+        assert a.store.outbox_count() == DEFAULT_LIMIT  # waiting: not accepted, not stored
+        b_end.send = real_send  # type: ignore[method-assign]
+        for frame in held:
+            real_send(frame)
+        record = await asyncio.wait_for(late, 5)
+        assert record.payload == b"late"
+    finally:
+        b_end.send = real_send  # type: ignore[method-assign]
+        await a.stop()
+        await b.stop()
