@@ -9,6 +9,7 @@ variable briefly points there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -58,6 +59,7 @@ class Peripheral:
         perms = GATTAttributePermissions.readable | GATTAttributePermissions.writeable
         await server.add_new_characteristic(SERVICE, CHAR, props, None, perms)
         self.server = server
+        self.node.world.add_cleanup(self.stop)
         if before_start is not None:
             await before_start()
         await server.start()
@@ -75,14 +77,42 @@ class Peripheral:
         assert self.server.update_value(SERVICE, CHAR)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-            self.server.bus.disconnect()
+        """Unregister and leave the bus (idempotent; also run by World.close())."""
+        server, self.server = self.server, None
+        if server is None:
+            return
+        if server.bus.connected:
+            with contextlib.suppress(Exception):  # BlueZ may have forgotten us already
+                await asyncio.wait_for(server.stop(), 5.0)
+        server.bus.disconnect()
+        with contextlib.suppress(Exception):
+            await server.bus.wait_for_disconnect()
+
+
+async def release_bleak() -> None:
+    """Close bleak's shared BlueZ connection of this loop while the bus is still up.
+
+    Left open, it would see end-of-file when the world stops the dbus-daemon; unretrieved
+    EOFError futures logged during garbage collection then trip a CPython 3.11.7 bug
+    (traceback carets use ast.parse, whose failure mid-way leaves the ast module's
+    recursion counter off: "AST constructor recursion depth mismatch" for every later
+    ast.parse, including pytest's assertion rewriting).
+    """
+    from bleak.backends.bluezdbus import manager
+
+    instances: dict[Any, Any] = manager._global_instances
+    instance = instances.pop(asyncio.get_running_loop(), None)
+    bus = getattr(instance, "_bus", None)
+    if bus is not None:
+        bus.disconnect()
+        with contextlib.suppress(Exception):
+            await bus.wait_for_disconnect()
 
 
 @pytest.fixture
-async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+async def world() -> AsyncIterator[World]:
     async with World(scan_interval=0.05) as w:
+        w.add_cleanup(release_bleak)
         yield w
 
 

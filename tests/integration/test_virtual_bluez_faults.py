@@ -15,7 +15,7 @@ from dbus_fast.service import ServiceInterface, dbus_property
 
 from meshd.testing.virtual_bluez import VirtualNode, World, dbus_daemon_path
 
-from .test_virtual_bluez import CHAR, Peripheral
+from .test_virtual_bluez import CHAR, Peripheral, release_bleak
 
 pytestmark = [
     pytest.mark.skipif(dbus_daemon_path() is None, reason="dbus-daemon not installed"),
@@ -30,6 +30,7 @@ HCI0 = "/org/bluez/hci0"
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     async with World(scan_interval=0.05, device_timeout=0.3) as w:
+        w.add_cleanup(release_bleak)
         yield w
 
 
@@ -227,3 +228,41 @@ async def test_notifications_reach_only_subscribed_links(
         await asyncio.sleep(0.1)
     assert got == [b"during"]
     await periph.stop()
+
+
+async def test_bluez_restart_drops_links_and_registrations(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bluetoothd of P restarts: C's link drops, P's app must register again to be seen."""
+    from bleak import BleakClient, BleakScanner
+
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "phoenix")
+    await periph.start()
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
+    assert device is not None
+    gone = asyncio.Event()
+    client = BleakClient(device, disconnected_callback=lambda _c: gone.set())
+    await client.connect()
+    address = p.bus_address
+
+    await world.restart_bluez("p", down_for=0.05)
+    await asyncio.wait_for(gone.wait(), 5.0)
+    assert p.bus_address == address  # same bus, new org.bluez owner
+    assert p.active_advertisements() == 0 and not p.applications
+    pbus = await _raw(p)
+    assert await _get(pbus, HCI0, "org.bluez.Adapter1", "Powered") is True
+    pbus.disconnect()
+    assert await BleakScanner.find_device_by_address(p.address, timeout=0.3) is None
+
+    # The app registers again (what a transport that survives restarts must do).
+    app: Any = periph.server.app
+    await app.register(periph.server.adapter)
+    await app.start_advertising(periph.server.adapter)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
+    assert device is not None
+    async with BleakClient(device) as again:
+        assert await again.read_gatt_char(CHAR) == b"hello from phoenix"

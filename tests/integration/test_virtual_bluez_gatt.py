@@ -15,7 +15,7 @@ from dbus_fast.service import ServiceInterface, dbus_property
 
 from meshd.testing.virtual_bluez import World, dbus_daemon_path
 
-from .test_virtual_bluez import CHAR, SERVICE, Peripheral
+from .test_virtual_bluez import CHAR, SERVICE, Peripheral, release_bleak
 
 pytestmark = [
     pytest.mark.skipif(dbus_daemon_path() is None, reason="dbus-daemon not installed"),
@@ -30,6 +30,7 @@ USER_DESCRIPTION = "00002901-0000-1000-8000-00805f9b34fb"
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     async with World(scan_interval=0.05) as w:
+        w.add_cleanup(release_bleak)
         yield w
 
 

@@ -194,6 +194,11 @@ class Air:
         conn = self.connection_between(a, b)
         return None if conn is None else self._connections[conn]
 
+    def drop_connections_of(self, name: str, reason: str) -> list[AirEvent]:
+        """Every connection of name ends (e.g. its bluetoothd restarted)."""
+        self._check(name)
+        return self._drop_where(lambda c, p: name in (c, p), reason)
+
     def drop_connection(self, a: str, b: str) -> list[AirEvent]:
         """Fault injection: the connection between a and b dies (supervision timeout)."""
         return self._drop_where(lambda c, p: _pair(c, p) == _pair(a, b), "connection dropped")

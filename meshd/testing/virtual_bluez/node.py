@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -84,17 +85,51 @@ class VirtualNode:
         self.advertisements: dict[tuple[str, str], Advertisement] = {}
         self.applications: dict[tuple[str, str], list[AppService]] = {}
         self.devices: dict[str, Device] = {}  # by remote address
-        self.links: dict[str, Link] = {}  # as central, by peripheral node name
+        self.links: dict[str, Link] = {}  # where we are GATT client, by peer node name
         self._subscribers: dict[tuple[str, str], set[str]] = {}  # app char -> centrals
         self._senders: dict[tuple[str, str], deque[str]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        address = await self.daemon.start()
+        await self._serve(await self.daemon.start())
+
+    async def restart(self, *, down_for: float = 0.0) -> None:
+        """bluetoothd exits and comes back on the same bus: every registration, device and
+        discovery session is forgotten; apps see org.bluez vanish and must register again.
+        (The world drops this node's connections first.)"""
+        old, self._bus = self._bus, None
+        if old is not None:
+            old.disconnect()
+            with contextlib.suppress(Exception):
+                await old.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        self._reset()
+        if down_for > 0:
+            await asyncio.sleep(down_for)
+        await self._serve(self.daemon.address)
+
+    def _reset(self) -> None:
+        for link in self.links.values():
+            link.close()
+        self.links.clear()
+        self.advertisements.clear()
+        self.applications.clear()
+        self.devices.clear()
+        self._subscribers.clear()
+        self._senders.clear()
+        self._discovering = False
+        self._filter_uuids = set()
+        self._filter_rssi = None
+        self._alias = self._name
+        # Fresh interface objects: the old ones stay bound to the closed connection.
+        self._adapter = Adapter(self)
+        self._adv_manager = AdvertisingManager(self)
+        self._gatt_manager = GattManager(self)
+
+    async def _serve(self, address: str) -> None:
         bus = HandoffBus(bus_address=address, bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
         await bus.connect()
         self._bus = bus
-        bus.add_message_handler(self._on_message)
+        bus.add_message_handler(functools.partial(self._on_message, bus))
         for rule in (
             "type='signal',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'",
             "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'",
@@ -405,26 +440,35 @@ class VirtualNode:
             del self._senders[(member, path)]
         return sender
 
-    def _on_message(self, msg: Message) -> bool:
-        """Sees every message first: records callers, app notifications, vanished apps."""
+    def _on_message(self, bus: HandoffBus, msg: Message) -> bool:
+        """Sees every message first: records callers, app notifications, vanished apps.
+
+        Never raises: an exception escaping a dbus-fast message handler is logged as a
+        crash, and a connection left over from before a restart must just be ignored.
+        """
+        if bus is not self._bus:
+            return False
         if msg.message_type is MessageType.METHOD_CALL:
             if msg.member in ("RegisterAdvertisement", "RegisterApplication") and msg.body:
                 key = (msg.member, str(msg.body[0]))
                 self._senders.setdefault(key, deque()).append(msg.sender or "")
         elif msg.message_type is MessageType.SIGNAL:
-            if msg.member == "PropertiesChanged" and msg.sender != self.bus.unique_name:
+            if msg.member == "PropertiesChanged" and msg.sender != bus.unique_name:
                 self._on_app_properties(msg)
             elif msg.member == "NameOwnerChanged" and len(msg.body) == 3 and not msg.body[2]:
                 self._forget_owner(str(msg.body[0]))
         return False
 
     def _on_app_properties(self, msg: Message) -> None:
+        if msg.signature != "sa{sv}as":
+            return  # not a well-formed PropertiesChanged: an app's bug, not ours
         interface, changed = msg.body[0], msg.body[1]
         if interface != GATT_CHARACTERISTIC_INTERFACE or "Value" not in changed:
             return
+        value = changed["Value"].value
         key = (msg.sender or "", msg.path or "")
-        if self._subscribers.get(key):
-            self.world.notify(self, key, bytes(changed["Value"].value))
+        if isinstance(value, bytes) and self._subscribers.get(key):
+            self.world.notify(self, key, value)
 
     def _forget_owner(self, owner: str) -> None:
         """An app left the bus: BlueZ drops its advertisements and GATT applications."""
@@ -462,6 +506,10 @@ class VirtualNode:
             reply = await asyncio.wait_for(self.bus.call(msg), APP_CALL_TIMEOUT)
         except TimeoutError:
             raise DBusError(ERR_FAILED, f"{member}: application did not answer") from None
+        except DBusError:
+            raise
+        except Exception as exc:  # our bus connection broke (restart, shutdown)
+            raise DBusError(ERR_FAILED, f"{member}: {exc!r}") from exc
         if reply is None:
             raise DBusError(ERR_FAILED, f"{member}: no reply")
         if reply.message_type is MessageType.ERROR:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dbus_fast.errors import DBusError
@@ -42,6 +42,7 @@ class World:
         self._next_address = 1
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
 
     async def __aenter__(self) -> World:
         return self
@@ -86,7 +87,18 @@ class World:
         del self.nodes[name]
         await node.stop()
 
+    def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Run cleanup (last added first) in close(), while the buses are still up.
+
+        Clients should leave a bus before its dbus-daemon stops: otherwise their
+        libraries see end-of-file and may leave failed futures nobody retrieves.
+        """
+        self._cleanups.append(cleanup)
+
     async def close(self) -> None:
+        while self._cleanups:
+            with contextlib.suppress(Exception):
+                await self._cleanups.pop()()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,6 +127,13 @@ class World:
     def drop_connection(self, a: str, b: str) -> None:
         """Fault injection: the LE connection between a and b dies (supervision timeout)."""
         self._apply(self.air.drop_connection(a, b))
+
+    async def restart_bluez(self, name: str, *, down_for: float = 0.0) -> None:
+        """Fault injection: bluetoothd of name exits (its connections drop, its apps lose
+        their registrations) and is back on the same bus after down_for seconds."""
+        node = self.node(name)
+        self._apply(self.air.drop_connections_of(name, "bluetoothd restarted"))
+        await node.restart(down_for=down_for)
 
     # -- routing between nodes ----------------------------------------------------------
     async def connect(self, node: VirtualNode, device: Device) -> None:
