@@ -114,6 +114,7 @@ async def world() -> AsyncIterator[World]:
     async with World(scan_interval=0.05) as w:
         w.add_cleanup(release_bleak)
         yield w
+        assert w.errors == []
 
 
 async def _setup(

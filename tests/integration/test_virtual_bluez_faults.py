@@ -32,6 +32,7 @@ async def world() -> AsyncIterator[World]:
     async with World(scan_interval=0.05, device_timeout=0.3) as w:
         w.add_cleanup(release_bleak)
         yield w
+        assert w.errors == []
 
 
 async def _raw(node: VirtualNode) -> MessageBus:

@@ -98,6 +98,7 @@ async def test_central_and_peripheral_processes_on_their_own_buses(tmp_path: Pat
             out, err = await asyncio.wait_for(central.communicate(), 20)
             assert central.returncode == 0, err.decode()
             result = json.loads(out.decode().strip().splitlines()[-1])
+            assert world.errors == []
             assert result == {
                 "address": p.address,
                 "name": "proc-p",

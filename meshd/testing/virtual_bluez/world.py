@@ -43,6 +43,9 @@ class World:
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        # Unexpected exceptions of background work (scanning, teardown): a test bed must
+        # not hide its own bugs, so tests assert this stays empty.
+        self.errors: list[BaseException] = []
 
     async def __aenter__(self) -> World:
         return self
@@ -210,7 +213,12 @@ class World:
         # only the peripheral-side StopNotify calls run later.
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.errors.append(exc)
 
     def _scan(self, node: VirtualNode) -> None:
         if not (node.discovering and node.powered) or node.name not in self.nodes:
@@ -234,3 +242,5 @@ class World:
                     node.expire_devices(older_than=now - self.device_timeout)
                 except DBusError:
                     continue  # a node being stopped; the others keep running
+                except Exception as exc:  # a bug: keep the air running, let tests see it
+                    self.errors.append(exc)
