@@ -267,3 +267,32 @@ async def test_bluez_restart_drops_links_and_registrations(
     assert device is not None
     async with BleakClient(device) as again:
         assert await again.read_gatt_char(CHAR) == b"hello from phoenix"
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"UUIDs": Variant("as", ["not-a-uuid"])}, "UUIDs"),
+        ({"RSSI": Variant("s", "-50")}, "RSSI"),
+        ({"Transport": Variant("s", "radio")}, "Transport"),
+    ],
+)
+async def test_bad_discovery_filter_is_refused(
+    world: World, options: dict[str, Variant], text: str
+) -> None:
+    c = await world.add_node("c")
+    bus = await _raw(c)
+    reply = await _call(bus, HCI0, "org.bluez.Adapter1", "SetDiscoveryFilter", "a{sv}", [options])
+    assert reply.error_name == "org.bluez.Error.InvalidArguments"
+    assert text in reply.body[0]
+    # A short 16-bit UUID is accepted (expanded to 128 bits, as BlueZ does).
+    reply = await _call(
+        bus,
+        HCI0,
+        "org.bluez.Adapter1",
+        "SetDiscoveryFilter",
+        "a{sv}",
+        [{"UUIDs": Variant("as", ["180D"])}],
+    )
+    assert reply.message_type is MessageType.METHOD_RETURN
+    bus.disconnect()

@@ -25,6 +25,7 @@ from .model import (
     GATT_CHARACTERISTIC_INTERFACE,
     Advertisement,
     AppService,
+    normalize_uuid,
     parse_application,
 )
 
@@ -229,9 +230,17 @@ class VirtualNode:
         transport = props.get("Transport", "auto")
         if transport not in ("auto", "le", "bredr"):
             raise DBusError(ERR_INVALID_ARGS, f"Transport: unknown value {transport!r}")
-        self._filter_uuids = {str(u).lower() for u in props.get("UUIDs", [])}
+        uuids = props.get("UUIDs", [])
         rssi = props.get("RSSI")
-        self._filter_rssi = int(rssi) if rssi is not None else None
+        if not isinstance(uuids, list) or not all(isinstance(u, str) for u in uuids):
+            raise DBusError(ERR_INVALID_ARGS, "UUIDs: must be a list of strings")
+        if rssi is not None and type(rssi) is not int:
+            raise DBusError(ERR_INVALID_ARGS, "RSSI: must be an int16")
+        try:
+            self._filter_uuids = {normalize_uuid(u, field="UUIDs") for u in uuids}
+        except MeshdError as exc:
+            raise DBusError(ERR_INVALID_ARGS, str(exc)) from exc
+        self._filter_rssi = rssi
 
     async def remove_device(self, path: str) -> None:
         device = next((d for d in self.devices.values() if d.path == path), None)
