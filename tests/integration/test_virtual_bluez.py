@@ -324,5 +324,27 @@ async def test_acquired_sockets_mtu_notify_and_write(
                 break
             await asyncio.sleep(0.02)
         assert not mirror.write_acquired
+        # Packets written just before the close still go out, in order.
+        third = await raw.call(
+            Message(
+                destination="org.bluez",
+                path=path,
+                member="AcquireWrite",
+                interface="org.bluez.GattCharacteristic1",
+                signature="a{sv}",
+                body=[{}],
+            )
+        )
+        assert third is not None and third.message_type is MessageType.METHOD_RETURN
+        fd = third.unix_fds[third.body[0]]
+        before = len(periph.writes)
+        for chunk in (b"a", b"b", b"c"):
+            os.write(fd, chunk)
+        os.close(fd)
+        for _ in range(250):
+            if len(periph.writes) >= before + 3:
+                break
+            await asyncio.sleep(0.02)
+        assert periph.writes[before:] == [b"a", b"b", b"c"]
         raw.disconnect()
     await periph.stop()

@@ -145,17 +145,17 @@ class Link:
             raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
         if char.write_acquired:
             raise DBusError("org.bluez.Error.NotPermitted", "Write acquired")
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
         def released() -> None:
             self._write_sockets.pop(char.remote, None)
-            task.cancel()
+            queue.put_nowait(None)  # what the client wrote before closing still goes out
             char.set_write_acquired(False)
 
         sock = AcquiredSocket(
             packet_size=self.mtu - ATT_HEADER, on_packet=queue.put_nowait, on_close=released
         )
-        task = self._spawn(self._forward_writes(char.remote, queue))
+        self._spawn(self._forward_writes(char.remote, queue))
         self._write_sockets[char.remote] = sock
         char.set_write_acquired(True)
         return [self.central.hand_off(sock.take_client_fd()), self.mtu]
@@ -190,12 +190,13 @@ class Link:
             await self.peripheral.unsubscribe(char.remote, self.central.name)
 
     # -- helpers ------------------------------------------------------------------------
-    async def _forward_writes(self, remote: tuple[str, str], queue: asyncio.Queue[bytes]) -> None:
+    async def _forward_writes(
+        self, remote: tuple[str, str], queue: asyncio.Queue[bytes | None]
+    ) -> None:
         """Packets from an acquired write socket, in order, as Write Commands."""
         opts = self._options({"type": Variant("s", "command")}, write=True)
         iface = "org.bluez.GattCharacteristic1"
-        while True:
-            data = await queue.get()
+        while (data := await queue.get()) is not None:
             # A Write Command has no answer; a failing app loses the write, as on air.
             with contextlib.suppress(DBusError):
                 await self.peripheral.app_write(remote, iface, data, opts)
