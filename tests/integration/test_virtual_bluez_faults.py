@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusStr
+from dbus_fast.annotations import DBusSignature, DBusStr
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property
 
@@ -76,6 +76,49 @@ class BadAdvertisement(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Type(self) -> DBusStr:
         return "loud"
+
+
+class BulkyAdvertisement(ServiceInterface):
+    """One 128-bit service UUID and 7 bytes of manufacturer data: 32 bytes of AD."""
+
+    def __init__(self) -> None:
+        super().__init__("org.bluez.LEAdvertisement1")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Type(self) -> DBusStr:
+        return "peripheral"
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ServiceUUIDs(self) -> Annotated[list[str], DBusSignature("as")]:
+        return ["6d657368-0001-4000-8000-00805f9b34fb"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ManufacturerData(self) -> Annotated[dict[int, Variant], DBusSignature("a{qv}")]:
+        return {0xFFFF: Variant("ay", b"1234567")}
+
+
+@pytest.mark.parametrize("limit", [31, None])
+async def test_advertising_data_limit(limit: int | None) -> None:
+    async with World(adv_data_limit=limit) as world:
+        p = await world.add_node("p")
+        bus = await _raw(p)
+        bus.export("/app/adv0", BulkyAdvertisement())
+        reply = await _call(
+            bus,
+            HCI0,
+            "org.bluez.LEAdvertisingManager1",
+            "RegisterAdvertisement",
+            "oa{sv}",
+            ["/app/adv0", {}],
+        )
+        if limit is None:  # e.g. extended advertising
+            assert reply.message_type is MessageType.METHOD_RETURN
+            assert p.active_advertisements() == 1
+        else:
+            assert reply.error_name == "org.bluez.Error.Failed"
+            assert "too long" in reply.body[0] and "32 > 31" in reply.body[0]
+            assert p.active_advertisements() == 0
+        bus.disconnect()
 
 
 async def test_bad_advertisement_is_refused_naming_the_field(world: World) -> None:

@@ -150,3 +150,15 @@ def test_any_application_tree_parses_or_fails_cleanly(objects: dict[str, Any]) -
         parse_application(":1.1", objects)
     except InvalidArgument as exc:
         assert exc.field
+
+
+def test_advertising_data_length_counts_ad_structures() -> None:
+    def length(**props: Any) -> int:
+        return Advertisement.from_properties(":1.1", "/adv", props).data_length()
+
+    assert length(ServiceUUIDs=[U1]) == 3 + 18  # what bless registers: flags + one UUID
+    assert length(ServiceUUIDs=[U1], ManufacturerData={0xFFFF: b"123456"}) == 31
+    assert length(ServiceUUIDs=["180d", "180f"]) == 3 + 2 + 4  # 16-bit UUIDs share one AD
+    assert length(Type="broadcast", ServiceData={"feaa": b"abcd"}) == 2 + 2 + 4
+    assert length(LocalName="x" * 40) == 3  # the name goes to the scan response
+    assert length(Includes=["tx-power", "appearance"]) == 3 + 3 + 4

@@ -32,6 +32,23 @@ class Advertisement:
     def connectable(self) -> bool:
         return self.type == "peripheral"
 
+    def data_length(self) -> int:
+        """Bytes of advertising data BlueZ would build (Core 5.3 Vol 3 Part C 11: each AD
+        structure is length + type + payload). The local name goes to the scan response,
+        where BlueZ shortens it to fit, so it never makes registration fail."""
+        total = 3 if self.connectable else 0  # Flags: LE General Discoverable, no BR/EDR
+        by_size: dict[int, int] = {}
+        for u in self.service_uuids:
+            by_size[uuid_size(u)] = by_size.get(uuid_size(u), 0) + 1
+        total += sum(2 + size * count for size, count in by_size.items())
+        total += sum(2 + 2 + len(data) for data in self.manufacturer_data.values())
+        total += sum(2 + uuid_size(u) + len(data) for u, data in self.service_data.items())
+        if "tx-power" in self.includes:
+            total += 3
+        if "appearance" in self.includes:
+            total += 4
+        return total
+
     @classmethod
     def from_properties(cls, owner: str, path: str, props: dict[str, Any]) -> Advertisement:
         """Build from unpacked LEAdvertisement1 properties; bad values name the field."""
@@ -168,6 +185,13 @@ def _uuid(props: dict[str, Any], path: str) -> str:
 
 # Bluetooth Base UUID (Core 5.3 Vol 3 Part B 2.5.1): 16/32-bit UUIDs are short forms of it.
 _BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
+
+
+def uuid_size(normalized: str) -> int:
+    """Bytes a (normalized) UUID takes in advertising data: 2, 4 or 16."""
+    if normalized.endswith(_BASE_UUID_SUFFIX):
+        return 2 if normalized.startswith("0000") else 4
+    return 16
 
 
 def normalize_uuid(value: str, *, field: str) -> str:

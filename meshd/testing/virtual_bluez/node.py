@@ -259,6 +259,14 @@ class VirtualNode:
             adv = Advertisement.from_properties(owner, path, props)
         except MeshdError as exc:
             raise DBusError(ERR_INVALID_ARGS, str(exc)) from exc
+        limit = self.world.adv_data_limit
+        if limit is not None and adv.data_length() > limit:
+            # What bluetoothd answers (its log says which: data too long).
+            raise DBusError(
+                ERR_FAILED,
+                f"Advertising data too long or couldn't be generated "
+                f"({adv.data_length()} > {limit} bytes)",
+            )
         self.advertisements[(owner, path)] = adv
         self._adv_manager.emit_properties_changed({"ActiveInstances": self.active_advertisements()})
 

@@ -19,6 +19,7 @@ from .node import ERR_FAILED, VirtualNode
 # BlueZ forgets a temporary (unpaired, unconnected) device it has not heard for this long
 # (main.conf TemporaryTimeout, default 30 s).
 DEFAULT_DEVICE_TIMEOUT = 30.0
+LEGACY_ADV_DATA_LEN = 31
 
 
 class World:
@@ -31,6 +32,7 @@ class World:
         scan_interval: float = 0.1,
         device_timeout: float = DEFAULT_DEVICE_TIMEOUT,
         connect_delay: float = 0.0,
+        adv_data_limit: int | None = LEGACY_ADV_DATA_LEN,
     ) -> None:
         if scan_interval <= 0:
             raise InvalidArgument("must be > 0", field="scan_interval")
@@ -39,6 +41,9 @@ class World:
         self.scan_interval = scan_interval
         self.device_timeout = device_timeout
         self.connect_delay = connect_delay
+        # Largest advertising data an advertisement may need; None: no limit. 31 is legacy
+        # advertising (Core 5.3 Vol 6 Part B 2.3.1.3); extended advertising allows more.
+        self.adv_data_limit = adv_data_limit
         self._next_address = 1
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
