@@ -110,3 +110,67 @@ async def test_central_and_peripheral_processes_on_their_own_buses(tmp_path: Pat
             if periph.returncode is None:
                 periph.kill()
             await periph.wait()
+
+
+async def test_command_line_world_is_steered_through_stdin() -> None:
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meshd.testing.virtual_bluez",
+        "--node",
+        "a",
+        "--node",
+        "b",
+        "--link",
+        "a,b,-70,100",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    async def ask(line: str) -> dict[str, object]:
+        stdin.write(line.encode() + b"\n")
+        await stdin.drain()
+        answer: dict[str, object] = json.loads(await asyncio.wait_for(stdout.readline(), 10))
+        return answer
+
+    try:
+        hello = json.loads(await asyncio.wait_for(stdout.readline(), 15))
+        a = hello["nodes"]["a"]
+        bus = await MessageBus(bus_address=a["bus"]).connect()
+
+        async def powered() -> bool:
+            reply = await bus.call(
+                Message(
+                    destination="org.bluez",
+                    path="/org/bluez/hci0",
+                    interface="org.freedesktop.DBus.Properties",
+                    member="Get",
+                    signature="ss",
+                    body=["org.bluez.Adapter1", "Powered"],
+                )
+            )
+            assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+            return bool(reply.body[0].value)
+
+        assert await powered()
+        assert await ask("power a off") == {"ok": True}
+        assert not await powered()
+        status = await ask("status")
+        assert status["links"] == [["a", "b"]] and status["connections"] == []
+        bad = await ask("link a b -70 9999")
+        assert bad["ok"] is False and "mtu" in str(bad["error"])
+        assert (await ask("cut a b"))["ok"] is True
+        assert (await ask("status"))["links"] == []
+        bus.disconnect()
+        stdin.write(b"quit\n")
+        await stdin.drain()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
