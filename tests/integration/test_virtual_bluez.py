@@ -191,14 +191,14 @@ async def test_write_without_response_longer_than_mtu_is_refused(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bleak import BleakClient, BleakScanner
-    from bleak.exc import BleakDBusError
+    from bleak.exc import BleakGATTProtocolError
 
     _c, p, periph = await _setup(world, monkeypatch, mtu=23)
     device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
     assert device is not None
     async with BleakClient(device) as client:
         await client.write_gatt_char(CHAR, b"y" * 20, response=False)
-        with pytest.raises(BleakDBusError, match="InvalidValueLength"):
+        with pytest.raises(BleakGATTProtocolError, match="Invalid Attribute Value Length"):
             await client.write_gatt_char(CHAR, b"y" * 21, response=False)
         # With response, long writes are fine (BlueZ does the Prepare Write dance).
         await client.write_gatt_char(CHAR, b"z" * 200, response=True)

@@ -249,3 +249,44 @@ async def test_one_connection_carries_gatt_both_ways(
     pbus.disconnect()
     await c_server.stop()
     await periph.stop()
+
+
+async def test_access_follows_the_characteristic_flags(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notify-only characteristic can be neither read nor written (ATT errors)."""
+    from bleak import BleakClient, BleakScanner
+    from bleak.exc import BleakGATTProtocolError
+    from bless.backends.attribute import GATTAttributePermissions
+    from bless.backends.characteristic import GATTCharacteristicProperties
+
+    notify_only = "6d657368-0003-4000-8000-00805f9b34fb"
+    c = await world.add_node("c")
+    p = await world.add_node("p")
+    world.set_link("c", "p")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", c.bus_address)
+    periph = Peripheral(p, "strict")
+
+    async def before_start() -> None:
+        await periph.server.add_new_characteristic(
+            SERVICE,
+            notify_only,
+            GATTCharacteristicProperties.notify,
+            None,
+            GATTAttributePermissions.readable,
+        )
+
+    await periph.start(before_start=before_start)
+    device = await BleakScanner.find_device_by_address(p.address, timeout=5.0)
+    assert device is not None
+    async with BleakClient(device) as client:
+        # bleak maps BlueZ's error text to the ATT error, so the texts must be BlueZ's.
+        with pytest.raises(BleakGATTProtocolError, match="Read Not Permitted"):
+            await client.read_gatt_char(notify_only)
+        with pytest.raises(BleakGATTProtocolError, match="Write Not Permitted"):
+            await client.write_gatt_char(notify_only, b"x", response=True)
+        with pytest.raises(BleakGATTProtocolError, match="Write Not Permitted"):
+            await client.write_gatt_char(notify_only, b"x", response=False)
+        await client.write_gatt_char(CHAR, b"ok", response=True)  # the other one allows it
+    assert periph.writes == [b"ok"]
+    await periph.stop()

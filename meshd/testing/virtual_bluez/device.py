@@ -232,10 +232,10 @@ class GattOwner(Protocol):
     mtu: int
 
     async def read(
-        self, remote: tuple[str, str], interface: str, options: dict[str, Variant]
+        self, attr: MirroredAttribute, interface: str, options: dict[str, Variant]
     ) -> bytes: ...
     async def write(
-        self, remote: tuple[str, str], interface: str, value: bytes, options: dict[str, Variant]
+        self, attr: MirroredAttribute, interface: str, value: bytes, options: dict[str, Variant]
     ) -> None: ...
     async def start_notify(self, char: MirroredCharacteristic) -> None: ...
     async def stop_notify(self, char: MirroredCharacteristic) -> None: ...
@@ -315,13 +315,13 @@ class MirroredCharacteristic(ServiceInterface):
 
     @dbus_method()
     async def ReadValue(self, options: DBusDict) -> DBusBytes:
-        value = await self.owner.read(self.remote, GATT_CHARACTERISTIC_INTERFACE, options)
+        value = await self.owner.read(self, GATT_CHARACTERISTIC_INTERFACE, options)
         self._value = value
         return value
 
     @dbus_method()
     async def WriteValue(self, value: DBusBytes, options: DBusDict) -> NoReply:
-        await self.owner.write(self.remote, GATT_CHARACTERISTIC_INTERFACE, value, options)
+        await self.owner.write(self, GATT_CHARACTERISTIC_INTERFACE, value, options)
 
     @dbus_method()
     async def StartNotify(self) -> NoReply:
@@ -389,18 +389,18 @@ class MirroredDescriptor(ServiceInterface):
         self.remote = remote
         self._characteristic = characteristic
         self._uuid = uuid
-        self._flags = list(flags)
+        self.flags = tuple(flags)
         self._value = b""
 
     @dbus_method()
     async def ReadValue(self, options: DBusDict) -> DBusBytes:
-        value = await self.owner.read(self.remote, GATT_DESCRIPTOR_INTERFACE, options)
+        value = await self.owner.read(self, GATT_DESCRIPTOR_INTERFACE, options)
         self._value = value
         return value
 
     @dbus_method()
     async def WriteValue(self, value: DBusBytes, options: DBusDict) -> NoReply:
-        await self.owner.write(self.remote, GATT_DESCRIPTOR_INTERFACE, value, options)
+        await self.owner.write(self, GATT_DESCRIPTOR_INTERFACE, value, options)
 
     @dbus_property(access=READ)
     def UUID(self) -> DBusStr:
@@ -416,4 +416,7 @@ class MirroredDescriptor(ServiceInterface):
 
     @dbus_property(access=READ)
     def Flags(self) -> DBusStrList:
-        return self._flags
+        return list(self.flags)
+
+
+MirroredAttribute = MirroredCharacteristic | MirroredDescriptor

@@ -12,7 +12,13 @@ from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface
 
 from .acquire import AcquiredSocket
-from .device import Device, MirroredCharacteristic, MirroredDescriptor, MirroredService
+from .device import (
+    Device,
+    MirroredAttribute,
+    MirroredCharacteristic,
+    MirroredDescriptor,
+    MirroredService,
+)
 from .model import AppService
 
 if TYPE_CHECKING:
@@ -23,6 +29,15 @@ if TYPE_CHECKING:
 MAX_ATTRIBUTE_LEN = 512
 # ATT header of a Write Command / Handle Value Notification: opcode + handle.
 ATT_HEADER = 3
+# Which Flags allow which access (BlueZ's flag names; encryption is not modelled, so the
+# encrypt-/secure- variants simply allow it). Else the peer answers "... Not Permitted".
+READ_FLAGS = frozenset(
+    {"read", "encrypt-read", "encrypt-authenticated-read", "secure-read", "authorize"}
+)
+WRITE_FLAGS = frozenset(
+    {"write", "reliable-write", "encrypt-write", "encrypt-authenticated-write", "secure-write"}
+)
+COMMAND_FLAGS = frozenset({"write-without-response", "authenticated-signed-writes"})
 
 
 class Link:
@@ -104,30 +119,39 @@ class Link:
 
     # -- GattOwner ----------------------------------------------------------------------
     async def read(
-        self, remote: tuple[str, str], interface: str, options: dict[str, Variant]
+        self, attr: MirroredAttribute, interface: str, options: dict[str, Variant]
     ) -> bytes:
         self._check_open()
+        if not READ_FLAGS.intersection(attr.flags):
+            raise DBusError("org.bluez.Error.NotPermitted", "Read not permitted")
         value = await self.peripheral.app_read(
-            remote, interface, self._options(options, write=False)
+            attr.remote, interface, self._options(options, wtype=None)
         )
         self._check_open()
         return value[:MAX_ATTRIBUTE_LEN]
 
     async def write(
-        self, remote: tuple[str, str], interface: str, value: bytes, options: dict[str, Variant]
+        self, attr: MirroredAttribute, interface: str, value: bytes, options: dict[str, Variant]
     ) -> None:
         self._check_open()
-        opts = self._options(options, write=True)
-        wtype = opts["type"].value
+        given = options.get("type")
+        if given is None:  # BlueZ picks by the characteristic's properties
+            wtype = "request" if WRITE_FLAGS.intersection(attr.flags) else "command"
+        else:
+            wtype = str(given.value)
         if wtype not in ("request", "command", "reliable"):
             raise DBusError("org.bluez.Error.InvalidArguments", f"type: unknown {wtype!r}")
+        allowed = COMMAND_FLAGS if wtype == "command" else WRITE_FLAGS
+        if not allowed.intersection(attr.flags):
+            raise DBusError("org.bluez.Error.NotPermitted", "Write not permitted")
         limit = self.mtu - ATT_HEADER if wtype == "command" else MAX_ATTRIBUTE_LEN
         if len(value) > limit:
-            raise DBusError(
-                "org.bluez.Error.InvalidValueLength",
-                f"{len(value)} bytes do not fit ({wtype}, MTU {self.mtu})",
-            )
-        await self.peripheral.app_write(remote, interface, value, opts)
+            # BlueZ's mapping of ATT "Invalid Attribute Value Length" (bleak turns exactly
+            # this name and text back into that ATT error).
+            raise DBusError("org.bluez.Error.InvalidArguments", "Invalid Length")
+        await self.peripheral.app_write(
+            attr.remote, interface, value, self._options(options, wtype=wtype)
+        )
 
     async def start_notify(self, char: MirroredCharacteristic) -> None:
         self._check_open()
@@ -194,7 +218,7 @@ class Link:
         self, remote: tuple[str, str], queue: asyncio.Queue[bytes | None]
     ) -> None:
         """Packets from an acquired write socket, in order, as Write Commands."""
-        opts = self._options({"type": Variant("s", "command")}, write=True)
+        opts = self._options({}, wtype="command")
         iface = "org.bluez.GattCharacteristic1"
         while (data := await queue.get()) is not None:
             # A Write Command has no answer; a failing app loses the write, as on air.
@@ -211,7 +235,7 @@ class Link:
         if not self.open:
             raise DBusError("org.bluez.Error.Failed", "Not connected")
 
-    def _options(self, options: dict[str, Variant], *, write: bool) -> dict[str, Variant]:
+    def _options(self, options: dict[str, Variant], *, wtype: str | None) -> dict[str, Variant]:
         """Options as BlueZ hands them to the server app (doc/org.bluez.GattCharacteristic)."""
         offset = options.get("offset")
         out = {
@@ -220,9 +244,8 @@ class Link:
             "device": Variant("o", self.peripheral.device_path_of(self.central.address)),
             "link": Variant("s", "LE"),
         }
-        if write:
-            wtype = options.get("type")
-            out["type"] = Variant("s", str(wtype.value) if wtype is not None else "request")
+        if wtype is not None:
+            out["type"] = Variant("s", wtype)
         return out
 
     def _export(self, path: str, iface: ServiceInterface) -> None:
