@@ -139,7 +139,7 @@ async def test_scan_finds_advertised_service_and_rssi_not_out_of_range(
     far_periph = Peripheral(far, "meshdFar")
     await far_periph.start()
 
-    found = await BleakScanner.discover(timeout=0.4, return_adv=True)
+    found = await BleakScanner.discover(timeout=1.0, return_adv=True)
     by_addr = {dev.address: adv for dev, adv in found.values()}
     assert p.address in by_addr
     assert far.address not in by_addr
@@ -149,7 +149,7 @@ async def test_scan_finds_advertised_service_and_rssi_not_out_of_range(
     assert adv.local_name == "meshdP"
 
     # Filtered by service UUID, as a meshd central will scan.
-    found = await BleakScanner.discover(timeout=0.3, return_adv=True, service_uuids=[SERVICE])
+    found = await BleakScanner.discover(timeout=1.0, return_adv=True, service_uuids=[SERVICE])
     assert {dev.address for dev, _ in found.values()} == {p.address}
     await far_periph.stop()
     await periph.stop()

@@ -55,7 +55,7 @@ import asyncio, json
 from bleak import BleakClient, BleakScanner
 
 async def main():
-    found = await BleakScanner.discover(timeout=0.5, return_adv=True,
+    found = await BleakScanner.discover(timeout=1.0, return_adv=True,
                                         service_uuids=["{SERVICE}"])
     (device, adv), = found.values()
     got = asyncio.Queue()
