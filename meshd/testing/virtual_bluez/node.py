@@ -16,7 +16,14 @@ from dbus_fast.errors import DBusError
 
 from meshd.errors import MeshdError
 
-from .adapter import Adapter, AdvertisingManager, GattManager, Root
+from .adapter import (
+    ADV_MANAGER_INTERFACE,
+    GATT_MANAGER_INTERFACE,
+    Adapter,
+    AdvertisingManager,
+    GattManager,
+    Root,
+)
 from .bus import PrivateBus
 from .device import Device, device_path
 from .link import Link
@@ -42,6 +49,12 @@ ERR_NOT_READY = "org.bluez.Error.NotReady"
 # BlueZ answers an app's GATT method within its own 30 s ATT timeout (Core Vol 3 Part F
 # 3.3.3); a stuck app must not hang the simulated peer forever either.
 APP_CALL_TIMEOUT = 30.0
+
+
+_REGISTER_INTERFACE = {
+    "RegisterAdvertisement": ADV_MANAGER_INTERFACE,
+    "RegisterApplication": GATT_MANAGER_INTERFACE,
+}
 
 
 class HandoffBus(MessageBus):
@@ -466,7 +479,14 @@ class VirtualNode:
         if bus is not self._bus:
             return False
         if msg.message_type is MessageType.METHOD_CALL:
-            if msg.member in ("RegisterAdvertisement", "RegisterApplication") and msg.body:
+            # Only calls that will reach the method (same path, member and signature), so
+            # that no stale caller is left queued for a later one.
+            if (
+                msg.member in _REGISTER_INTERFACE
+                and msg.interface in (None, _REGISTER_INTERFACE[msg.member])
+                and msg.path == self.adapter_path
+                and msg.signature == "oa{sv}"
+            ):
                 key = (msg.member, str(msg.body[0]))
                 self._senders.setdefault(key, deque()).append(msg.sender or "")
         elif msg.message_type is MessageType.SIGNAL:
