@@ -247,6 +247,13 @@ async def _wait_neighbour(channel: grpc.aio.Channel, within: float) -> None:
     raise TimeoutError("the two daemons did not connect")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (proc(5): stat fields 14, 15)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -281,7 +288,15 @@ async def loopback(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             arrive, acked = await latency(ca, cb, args.samples, seq0=100)
             out["latency_1hop_ms"] = _ms(arrive)
             out["delivered_event_1hop_ms"] = _ms(acked)
+            cpu0 = (_cpu_seconds(a.pid), _cpu_seconds(b.pid))
             out["throughput"] = await throughput(ca, cb, args.messages, args.callers, seq0=10**6)
+            # CPU per message is steadier than msg/s on this shared 2-core box (the rate
+            # moves +-30 % with the other load; this much less) and says which daemon
+            # bounds the rate.
+            out["throughput"]["cpu_ms_per_msg"] = {
+                name: round((_cpu_seconds(d.pid) - c) * 1e3 / args.messages, 3)
+                for name, d, c in (("a", a, cpu0[0]), ("b", b, cpu0[1]))
+            }
             out["rss_mb"]["after_load"] = round(max(a.rss_kib(), b.rss_kib()) / 1024, 1)
         a.stop()
         a.start("--listen", f"127.0.0.1:{p1}", "--no-discovery")
