@@ -542,7 +542,8 @@ async def test_sends_wait_while_the_window_to_a_destination_is_full(tmp_path: Pa
     real_send = b_end.send
     held: list[bytes] = []
     try:
-        b_end.send = held.append  # type: ignore[method-assign]  # B -> A: nothing arrives
+        # B -> A: nothing arrives (held here)
+        b_end.send = held.append  # type: ignore[method-assign,assignment]
         for i in range(DEFAULT_LIMIT):
             await asyncio.wait_for(a.send_message(CHAT, b.address, b"%d" % i, lifetime_s=None), 5)
         await asyncio.sleep(0.05)
