@@ -233,6 +233,13 @@ class Endpoint:
                 self._retry.set(message.message_id, when)
         self._custodian.path_available(dst, now=now)
 
+    def neighbour_appeared(self, *, now: float) -> None:
+        """A link came up: destinations whose last try found no way out are tried again
+        now (one probe each, through ``path_available``'s gate), not after the back-off."""
+        waiting = {m.dst for m in self._outbox if m.route_failed}
+        for dst in waiting:
+            self.path_available(dst, now=now)
+
     # --- periodic work ------------------------------------------------------------
     def poll(self, *, now: float, can_route: Callable[[NodeAddress], bool]) -> list[Frame]:
         """Frames to originate now: ACKs, receipts, first sends, retries, hand-offs."""

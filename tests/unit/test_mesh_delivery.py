@@ -171,3 +171,22 @@ def test_custody_survives_a_custodian_restart_through_the_facade() -> None:
     fabric.bring_online(2, peers)
     fabric.run_for(900.0)
     assert [e.payload for e in received(fabric, 2)] == [b"keep me"]
+
+
+def test_message_sent_before_the_links_come_up_leaves_when_they_do() -> None:
+    # Cold start of a daemon: the app sends before discovery has found any neighbour.
+    # Before neighbour_appeared this waited out the discovery back-off and the 30 s
+    # unroutable wait (delivery at t=30.25 s for links up at 3-5 s).
+    fabric = MemFabric(seed=1)
+    cores = [
+        MeshCore(identity_for(i, seed=1), now=fabric.now, rng=random.Random(i))
+        for i in range(4)
+    ]
+    for core in cores:
+        fabric.add(core)
+    send(fabric, cores, 0, 3, b"cold")
+    for (a, b), at in zip([(0, 1), (1, 2), (2, 3)], [3.0, 4.0, 5.0], strict=True):
+        fabric.run_until(at)
+        fabric.connect(a, b)
+    fabric.run_until(12.0)
+    assert [e.payload for e in received(fabric, 3)] == [b"cold"]

@@ -51,6 +51,9 @@ class RecordingEndpoint:
     def path_available(self, dst: NodeAddress, *, now: float) -> None:
         pass
 
+    def neighbour_appeared(self, *, now: float) -> None:
+        pass
+
     def next_deadline(self) -> float | None:
         return None
 
