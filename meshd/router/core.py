@@ -212,6 +212,9 @@ class MeshCore:
 
     # --- outputs ----------------------------------------------------------------
     def frames_to_send(self) -> list[tuple[LinkId, bytes]]:
+        # LINK_ACKs wait until the adapter drains: frames received since the last drain
+        # (a daemon reads several per event-loop pass under load) share one per link.
+        self._router.flush_acks()
         out = self._router.out
         self._router.out = []
         return out

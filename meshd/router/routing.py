@@ -18,7 +18,13 @@ from meshd.address import BROADCAST, NodeAddress
 from meshd.crypto.identity import Identity, PublicIdentity
 from meshd.errors import MeshdError, SignatureError
 from meshd.router.announce import IdentityCache, OwnAnnounce
-from meshd.router.bodies import BATTERY_UNKNOWN, decode_link_ack, encode_link_ack, prefix_of
+from meshd.router.bodies import (
+    BATTERY_UNKNOWN,
+    MAX_LINK_ACKS,
+    decode_link_ack,
+    encode_link_ack,
+    prefix_of,
+)
 from meshd.router.clusters import LinkView, advise, cluster_signature
 from meshd.router.dedup import SeenSet
 from meshd.router.events import (
@@ -176,6 +182,8 @@ class RouterBase:
         self.identities.pin(identity.public)
         self.own = OwnAnnounce(identity)
         self.out: list[tuple[LinkId, bytes]] = []
+        # LINK_ACKs owed per link (an ordered set of dedup keys), sent by flush_acks.
+        self.acks_owed: dict[LinkId, dict[tuple[bytes, int], None]] = {}
         self.events: deque[CoreEvent] = deque()
         self.stats = Stats()
         self._timers: list[tuple[float, int, str, object]] = []
@@ -259,7 +267,26 @@ class RouterBase:
                 self.endpoint.on_next_hop_acked(item.frame.frame_id, now=now)
 
     def ack_frame(self, link_id: LinkId, frame: Frame) -> None:
-        self.send_raw(link_id, encode_link_ack([frame.dedup_key]), "LINK_ACK")
+        """Owe ``link_id`` a LINK_ACK for ``frame``; ``flush_acks`` sends it."""
+        owed = self.acks_owed.get(link_id)
+        if owed is None:
+            owed = self.acks_owed[link_id] = {}
+        owed[frame.dedup_key] = None
+
+    def flush_acks(self) -> None:
+        """One LINK_ACK per link (up to 64 keys each) for what was received since the last
+        flush. One LINK_ACK per frame was half of all frames on a busy link, each one
+        encrypted, decrypted, decoded and handled (profiled: 5-7 % of a daemon's CPU)."""
+        if not self.acks_owed:
+            return
+        owed, self.acks_owed = self.acks_owed, {}
+        for link_id, keys in owed.items():
+            if link_id not in self.neighbours:
+                continue
+            pending = list(keys)
+            for i in range(0, len(pending), MAX_LINK_ACKS):
+                chunk = pending[i : i + MAX_LINK_ACKS]
+                self.send_raw(link_id, encode_link_ack(chunk), "LINK_ACK")
 
     def retransmit_due(self, *, now: float) -> list[InFlight]:
         resend, failed = self.linkrel.due(now=now)
@@ -395,6 +422,7 @@ class RouterBase:
         self, link_id: LinkId, *, now: float
     ) -> tuple[Neighbour | None, list[InFlight]]:
         neighbour = self.neighbours.pop(link_id, None)
+        self.acks_owed.pop(link_id, None)
         if neighbour is None:
             return None, []
         self.topology_changed(now)
