@@ -226,11 +226,10 @@ class MeshCore:
         return self._endpoint.next_event()
 
     def next_deadline(self) -> float | None:
-        deadlines = [
-            d for d in (self._router.next_deadline(), self._endpoint.next_deadline())
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        router, endpoint = self._router.next_deadline(), self._endpoint.next_deadline()
+        if router is None or (endpoint is not None and endpoint < router):
+            return endpoint
+        return router
 
     # --- inspection -------------------------------------------------------------
     @property

@@ -318,8 +318,10 @@ class Custodian:
             self._stats.custody_expired += 1
 
     def next_deadline(self) -> float | None:
-        present = [t for t in (self._timers.peek(), self.store.next_expiry()) if t is not None]
-        return min(present) if present else None
+        timers, expiry = self._timers.peek(), self.store.next_expiry()
+        if timers is None or (expiry is not None and expiry < timers):
+            return expiry
+        return timers
 
     def restore(self, frames: list[tuple[Frame, float]], *, now: float) -> None:
         """Reload persisted custody frames (``expires_at`` in this ``now``'s timebase)."""

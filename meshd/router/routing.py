@@ -211,11 +211,11 @@ class RouterBase:
         return due
 
     def next_deadline(self) -> float | None:
-        candidates = [self._timers[0][0]] if self._timers else []
-        link_deadline = self.linkrel.next_deadline()
-        if link_deadline is not None:
-            candidates.append(link_deadline)
-        return min(candidates) if candidates else None
+        timer = self._timers[0][0] if self._timers else None
+        link = self.linkrel.next_deadline()
+        if timer is None or (link is not None and link < timer):
+            return link
+        return timer
 
     def emit(self, event: CoreEvent) -> None:
         if isinstance(event, FrameRejected) and len(self.events) >= MAX_QUEUED_EVENTS:
