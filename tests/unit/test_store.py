@@ -356,3 +356,53 @@ def test_prune_events_is_bounded_per_call(store: Store) -> None:
     assert store.prune_events(now=now, max_age=10, limit=12) == 12
     assert store.events_after("x", 0, limit=1)[0].cursor == 13  # the oldest went first
     assert store.prune_events(now=now, max_age=10, limit=100) == 18
+
+
+def test_batched_writes_keep_order_and_ids_across_reopen(tmp_path: Path) -> None:
+    """Outgoing writes are queued and run as one executemany per statement at commit:
+    a message queued and finished before one commit leaves no outbox row, an incoming row
+    written meanwhile gets its own id, and ids/cursors are not reused after a crash."""
+    s = Store.open(tmp_path / "db")
+    done = _send(s, b"a" * 8)
+    kept = _send(s, b"b" * 8)
+    s.set_outgoing_state(b"a" * 8, DeliveryState.SENT, None, at=2.0)
+    s.set_outgoing_state(b"a" * 8, DeliveryState.DELIVERED, None, at=3.0)
+    s.set_outgoing_state(b"b" * 8, DeliveryState.HELD_BY_CUSTODIAN, None, at=3.0)
+    s.set_attempts([(b"b" * 8, 4)])
+    got = s.add_incoming(
+        message_id=b"i" * 8, app_id="chat", src=B, content=b"x", received_at=4.0, hops=1
+    )
+    assert got is not None and s.in_transaction
+    s.commit()
+    assert not s.in_transaction
+    cursors = [done.cursor, kept.cursor, got.cursor]
+    s._conn.close()  # a crash right after the commit
+    s2 = Store.open(tmp_path / "db")
+    rows, bad = s2.outbox()
+    assert bad == []
+    assert [(r.message_id, r.state, r.attempts) for r in rows] == [
+        (b"b" * 8, DeliveryState.HELD_BY_CUSTODIAN, 4)
+    ]
+    msg = s2.get_message("chat", b"a" * 8)
+    assert msg is not None and msg.state is DeliveryState.DELIVERED and msg.cursor == cursors[0]
+    incoming = s2.get_message("chat", b"i" * 8)
+    assert incoming is not None and incoming.direction is Direction.INCOMING
+    assert incoming.cursor == cursors[2]
+    states = [
+        (e.cursor, e.message.state if e.message else None)
+        for e in s2.events_after("chat", 0, limit=100)
+    ]
+    assert states == [
+        (cursors[0], DeliveryState.QUEUED),
+        (cursors[1], DeliveryState.QUEUED),
+        (cursors[1] + 1, DeliveryState.SENT),
+        (cursors[1] + 2, DeliveryState.DELIVERED),
+        (cursors[1] + 3, DeliveryState.HELD_BY_CUSTODIAN),
+        (cursors[2], None),
+    ]
+    later = _send(s2, b"c" * 8)
+    s2.commit()
+    assert later.cursor is not None and later.cursor > max(c or 0 for c in cursors)
+    ids = s2._read("SELECT id FROM history ORDER BY id")
+    assert [r[0] for r in ids] == [1, 2, 3, 4]
+    s2.close()
