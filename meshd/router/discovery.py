@@ -43,6 +43,7 @@ from meshd.router.ratelimit import TokenBucket
 from meshd.router.relaysel import select_relays
 from meshd.router.routing import (
     ENDPOINT_TYPES,
+    FLOOD_BIT,
     EndpointHooks,
     Pending,
     RouterConfig,
@@ -139,7 +140,7 @@ class Router(FloodingRouter):
     # --- forwarding ---------------------------------------------------------------
     def originate(self, frame: Frame, *, now: float) -> None:
         """A frame the endpoint wants sent (first send, retry, ACK, custody traffic)."""
-        if frame.flags & FrameFlags.FLOOD:
+        if int(frame.flags) & FLOOD_BIT:
             self.flood_out(frame, now=now)
             return
         self.route_out(Pending(frame, True, None, now), now=now)
