@@ -163,9 +163,16 @@ class AckBody:
             E2E_BODY_VERSION, self.message_id, self.echo_attempt, self.signer_key, self.signature
         )
 
-    def verify(self, *, sender: NodeAddress, destination: NodeAddress, digest: bytes) -> bool:
-        """True when the key is ``destination``'s and the signature covers this message."""
-        if NodeAddress.from_public_key(self.signer_key) != destination:
+    def verify(
+        self, *, sender: NodeAddress, destination: NodeAddress, digest: bytes,
+        signer_address: NodeAddress | None = None,
+    ) -> bool:
+        """True when the key is ``destination``'s and the signature covers this message.
+        ``signer_address``: ``NodeAddress.from_public_key(signer_key)`` if the caller has
+        it already (the Endpoint caches it), else it is derived here."""
+        if signer_address is None:
+            signer_address = NodeAddress.from_public_key(self.signer_key)
+        if signer_address != destination:
             return False
         signed = ack_signed_part(self.message_id, sender, destination, digest)
         return verify_signature(self.signer_key, self.signature, signed)

@@ -56,6 +56,10 @@ if TYPE_CHECKING:
     from meshd.router.core import CoreConfig
 
 DATA_FLAGS = FrameFlags.ACK_REQUESTED | FrameFlags.CUSTODY_ALLOWED
+# Signer key -> address, for ACK checks: re-deriving it (SHA-256 + NodeAddress) on every
+# ACK was 1.4-2.3 % of a sending daemon's CPU (profiled, issue 3). Peers ACKing us at once
+# are few; past this many keys the oldest is forgotten.
+SIGNER_CACHE_SIZE = 1024
 
 
 class Endpoint:
@@ -85,6 +89,7 @@ class Endpoint:
         self._ready: list[Frame] = []
         self._ready_since: float | None = None
         self._events: deque[CoreEvent] = deque()
+        self._signer_addresses: dict[bytes, NodeAddress] = {}
         self.stats = EndpointStats()
         self._custodian = Custodian(
             identity, rng=rng, config=config, policy=self._policy, rtt=self._rtt,
@@ -362,7 +367,8 @@ class Endpoint:
             self.stats.acks_forged += 1
             return
         if not body.verify(sender=self._address, destination=message.dst,
-                           digest=message.digest):
+                           digest=message.digest,
+                           signer_address=self._signer_address(body.signer_key)):
             self.stats.acks_forged += 1
             return
         self.stats.acks_verified += 1
@@ -376,6 +382,17 @@ class Endpoint:
         if not self._probes.may_probe(message.dst, now):
             # That was the probe for an unroutable destination: the others can go now.
             self.path_available(message.dst, now=now)
+
+    def _signer_address(self, signing_key: bytes) -> NodeAddress:
+        """``NodeAddress.from_public_key``, remembered for the last SIGNER_CACHE_SIZE keys."""
+        cache = self._signer_addresses
+        address = cache.get(signing_key)
+        if address is None:
+            address = NodeAddress.from_public_key(signing_key)
+            if len(cache) >= SIGNER_CACHE_SIZE:
+                del cache[next(iter(cache))]
+            cache[signing_key] = address
+        return address
 
     def _on_receipt(self, frame: Frame, now: float) -> None:
         body = decode_receipt_body(frame.body)

@@ -128,3 +128,28 @@ def test_a_measured_rtt_shortens_the_first_retry() -> None:
     assert deadline is not None
     # RTO = max(min_rto, SRTT + 4 RTTVAR) = max(1.0, 0.2 + 0.4) = 1.0, +-20 % jitter.
     assert 1.0 + 0.8 <= deadline <= 1.0 + 1.2
+
+
+def test_a_cached_signer_key_vouches_only_for_its_own_address() -> None:
+    """The Endpoint remembers key -> address for ACK checks: after b's genuine ACK, b's
+    key must not pass for c (an ACK for a message to c, signed by b, is refused)."""
+    a, b = endpoint(1), endpoint(2)
+    c = identity(3)
+    to_b = a.send(b.address, b"to b", now=0.0, lifetime=None, message_id=None)
+    to_c = a.send(c.address, b"to c", now=0.0, lifetime=None, message_id=None)
+    frames = a.poll(now=0.0, can_route=always)
+    data_b = next(f for f in frames if f.frame_id == to_b)
+    data_c = next(f for f in frames if f.frame_id == to_c)
+    b.on_local_frame(data_b, now=0.1, key_of=no_keys)
+    [ack_b] = b.poll(now=0.1, can_route=always)
+    drain(a)
+    a.on_local_frame(ack_b, now=0.2, key_of=no_keys)
+    assert a.stats.acks_verified == 1
+    signed = ack_signed_part(to_c, a.address, c.address, payload_digest(b"to c"))
+    body = AckBody(to_c, data_c.attempt, identity(2).public.signing_key,
+                   identity(2).sign(signed))
+    for _ in range(2):  # b's key is cached by now; refused every time
+        a.on_local_frame(replace(ack_b, src=c.address, body=body.encode()), now=0.3,
+                         key_of=no_keys)
+    assert a.stats.acks_forged == 2 and a.stats.acks_verified == 1
+    assert [e.message_id for e in a.outbox()] == [to_c]
