@@ -56,6 +56,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             wrapped = self._wrapped[key] = self._wrap(method, handler)
         return wrapped
 
+    def registrar(self, server: Any) -> ErrorMappedRegistrar:
+        """A stand-in for ``server`` to give the generated ``add_*_to_server``: it wraps
+        each handler once, at registration, so calls take gRPC's path without
+        interceptors (``intercept_service`` is a coroutine awaited on every call)."""
+        return ErrorMappedRegistrar(server, self._wrap)
+
     def _wrap(self, method: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -102,4 +108,44 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self._log.exception("api_call_failed", method=method)
                 await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL_DETAIL)
 
+        return wrapped
+
+
+class ErrorMappedRegistrar:
+    """Forwards the generated code's registrations to a server, each handler wrapped."""
+
+    def __init__(self, server: Any, wrap: Callable[[str, Any], Any]) -> None:
+        self._server = server
+        self._wrap = wrap
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGenericHandler(h, self._wrap) for h in handlers)
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(
+            service,
+            {name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()},
+        )
+
+
+class _WrappedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """``inner``'s handlers, wrapped once per method (then looked up in a dict)."""
+
+    def __init__(self, inner: Any, wrap: Callable[[str, Any], Any]) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[str, Any] = {}
+
+    def service(self, handler_call_details: Any) -> Any:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = self._inner.service(handler_call_details)
+            if handler is None:
+                return None
+            if len(self._wrapped) > 1024:  # method names come from callers: bounded
+                self._wrapped.clear()
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
         return wrapped

@@ -102,13 +102,16 @@ async def serve(
 
     registry = CredentialRegistry()
     callers = CallerResolver(registry)
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor(log)])
-    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node, callers), server)
+    # The error mapping wraps meshd's handlers at registration rather than as a server
+    # interceptor: grpc.aio runs interceptors as a coroutine chain on every call.
+    server = grpc.aio.server()
+    mapped = ErrorMappingInterceptor(log).registrar(server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node, callers), mapped)
     messaging = MessagingServicer(node, callers)
-    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(messaging, server)
+    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(messaging, mapped)
     if isinstance(node, ContactsApi):  # the real Node; a NodeApi-only test double has none
         contacts_pb2_grpc.add_ContactsServiceServicer_to_server(
-            ContactsServicer(node, callers), server
+            ContactsServicer(node, callers), mapped
         )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
