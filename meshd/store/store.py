@@ -40,6 +40,7 @@ _INSERT_HISTORY = (
     "INSERT INTO history (id, cursor, message_id, app_id, direction, peer, payload, "
     "created_at, state, reason, hops) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_HISTORY_STATE = 8  # index of state (then reason) in an _INSERT_HISTORY row
 _UPDATE_HISTORY = "UPDATE history SET state = ?, reason = ? WHERE id = ?"
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (message_id, history_id, app_id, dst, created_at, expires_at, "
@@ -132,6 +133,10 @@ class Store:
         # every reader on this connection sees them; nothing is told before the commit.
         self._pending: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _DEFERRED}
         self._pending_rows = 0
+        # history id -> index of its queued INSERT: a state change before the flush edits
+        # that row instead of queueing an UPDATE (the UPDATE rewrites the whole row, 1 KiB
+        # payload included; under load SENT came before the flush for ~every message).
+        self._queued_history: dict[int, int] = {}
         # The next event cursor, assigned here so a history row is written once with its
         # cursor. AUTOINCREMENT's sqlite_sequence also remembers pruned cursors.
         self._last_cursor = self._sequence("events")
@@ -224,6 +229,7 @@ class Store:
         pending = self._pending
         self._pending = {sql: [] for sql in _DEFERRED}
         self._pending_rows = 0
+        self._queued_history.clear()
         try:
             if not self._conn.in_transaction:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -290,6 +296,7 @@ class Store:
         history_id = self._last_history_id + 1
         self._last_history_id = history_id
         params = _history_params(record, self._last_cursor + 1)
+        self._queued_history[history_id] = len(self._pending[_INSERT_HISTORY])
         self._defer(_INSERT_HISTORY, (history_id, *params))
         cursor = self.append_event(
             app_id,
@@ -332,7 +339,13 @@ class Store:
             return None
         if not state.is_final:
             self._inflight[message_id] = (history_id, app_id, peer, state)
-        self._defer(_UPDATE_HISTORY, (state.value, reason, history_id))
+        queued = self._queued_history.get(history_id)
+        if queued is None:
+            self._defer(_UPDATE_HISTORY, (state.value, reason, history_id))
+        else:
+            rows = self._pending[_INSERT_HISTORY]
+            row = rows[queued]
+            rows[queued] = (*row[:_HISTORY_STATE], state.value, reason, *row[_HISTORY_STATE + 2 :])
         if state.is_final:
             self._inflight.pop(message_id, None)
             self._defer(_DELETE_OUTBOX, (message_id,))
