@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from meshd.api.relay import CredentialRegistry
+from meshd.api.relay import Connection, CredentialRegistry
 from meshd.errors import InvalidArgument
 from meshd.node_api import Caller
 
@@ -35,15 +35,36 @@ def app_id_from_metadata(metadata: Any) -> str:
     return validate_app_id(str(value))
 
 
+_CALLER_CACHE = 1024
+
+
 class CallerResolver:
     def __init__(self, registry: CredentialRegistry) -> None:
         self._registry = registry
+        # (connection, metadata) -> Caller: a pure function of both (the Connection holds
+        # the kernel's credentials by value), so a hit is the same answer. Saves the
+        # metadata scan, the app id regex and the frozen dataclass on every call (1.3 % of
+        # the sending daemon's CPU). Bounded: metadata comes from callers.
+        self._cache: dict[tuple[Connection, Any], Caller] = {}
 
     def caller(self, context: Any) -> Caller:
         """The kernel-verified identity of this call's connection plus its declared app."""
         conn = self._registry.lookup(context.peer())
-        app_id = app_id_from_metadata(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        try:
+            key = (conn, tuple(metadata or ()))
+            cached = self._cache.get(key)
+        except TypeError:  # unhashable metadata values: no cache
+            key, cached = None, None
+        if cached is not None:
+            return cached
+        app_id = app_id_from_metadata(metadata)
         cred = conn.cred
-        return Caller(
+        caller = Caller(
             uid=cred.uid, gid=cred.gid, pid=cred.pid, app_id=app_id, is_admin=conn.is_admin
         )
+        if key is not None:
+            if len(self._cache) >= _CALLER_CACHE:
+                self._cache.clear()
+            self._cache[key] = caller
+        return caller
