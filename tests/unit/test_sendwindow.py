@@ -79,3 +79,23 @@ async def test_release_all_wakes_every_waiter() -> None:
     window.release_all()
     await asyncio.wait_for(asyncio.gather(*waiters), 1)
     assert window.in_flight(B) == window.in_flight(C) == 0
+
+
+def test_a_message_sent_again_holds_room_from_its_latest_send() -> None:
+    """Entries stay in time order: one SENT again (rerouted) is not expired by its first
+    send's time, and the stale ones after it still expire."""
+    clock = Clock()
+    window = SendWindow(clock, limit=3, stale_after=2.0)
+    first, second, third = ids(3)
+    window.sent(B, first)
+    window.sent(B, second)
+    clock.t += 1.5
+    window.sent(B, first)  # SENT again on another link: fresh
+    window.sent(B, third)
+    assert window.full(B)
+    clock.t += 1.0  # second is 2.5 s old: stale; first and third 1.0 s
+    assert not window.full(B)
+    assert window.in_flight(B) == 2
+    clock.t += 1.5  # now all are stale
+    window.sent(C, second)
+    assert not window.full(B) and window.in_flight(C) == 1
