@@ -7,6 +7,7 @@ Sans-IO: methods take ``now``; outputs are queued in ``out`` (link sends), ``eve
 
 from __future__ import annotations
 
+import abc
 import heapq
 import random
 from collections import deque
@@ -161,7 +162,7 @@ class Stats:
         self.happened[kind] = self.happened.get(kind, 0) + 1
 
 
-class RouterBase:
+class RouterBase(abc.ABC):
     """State and plumbing shared by the forwarding plane and path discovery."""
 
     def __init__(
@@ -548,26 +549,32 @@ class RouterBase:
         return route.link_id, route
 
     # --- implemented by the discovery layer -----------------------------------------
+    @abc.abstractmethod
     def offer_route(
         self, dst: NodeAddress, link_id: LinkId, hops: int, cost: float, seq: int,
         seq_valid: bool, lifetime: float, *, now: float,
     ) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def handle_path_request(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def handle_path_reply(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def handle_path_error(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def handle_flooded(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def relay(self, link_id: LinkId, frame: Frame, *, now: float) -> None:
-        raise NotImplementedError
+        ...
 
 
 def battery_penalty(battery: int | None, charging: bool) -> float:
