@@ -12,6 +12,7 @@ Decoded values are plain Python data: ``int``, ``bytes``, ``list``, ``None`` and
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -83,14 +84,14 @@ def encode_varint(n: int, field: str = "length") -> bytes:
     return (0x8000_0000 | n).to_bytes(4, "big")
 
 
-class Codec:
+class Codec(abc.ABC):
     """Base of all combinators: ``decode`` from a reader, ``encode`` to a list of chunks."""
 
-    def decode(self, r: Reader, field: str) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, r: Reader, field: str) -> Any: ...
 
-    def encode(self, value: Any, out: list[bytes], field: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, value: Any, out: list[bytes], field: str) -> None: ...
 
     def parse(self, data: bytes, field: str = "message") -> Any:
         """Decode a whole buffer; trailing bytes are an error."""
