@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,23 @@ import structlog
 from meshd import __version__
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity
-from meshd.envelope import Envelope, decode_envelope, validate_app_id
+from meshd.envelope import decode_envelope
 from meshd.errors import (
-    InvalidArgument,
     MeshdError,
-    NotFound,
-    PermissionDenied,
     StoreError,
     Unavailable,
 )
 from meshd.identity_service import IdentityService
 from meshd.node_api import (
-    AppEvent,
     AppEventKind,
     Caller,
     ContactInfo,
     IdentityInfo,
-    MessageRecord,
     NodeStatus,
 )
+from meshd.node_messages import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
+from meshd.node_messages import MAX_LIFETIME_S as MAX_LIFETIME_S
+from meshd.node_messages import AppMessages
 from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.events import (
     CoreEvent,
@@ -75,10 +72,6 @@ from meshd.store.statedir import (
 from meshd.store.syncgate import SyncGate
 from meshd.transports.base import Link, Transport, TransportStatus
 
-MAX_LIFETIME_S = 30 * 24 * 3600.0
-MAX_HISTORY_LIMIT = 1000
-_SUBSCRIBE_BATCH = 256
-_APP_OWNER_CACHE = 4096
 _MAINTENANCE_INTERVAL_S = 30.0
 _MAINTENANCE_BACKLOG_S = 0.5  # again soon while a prune hit its per-call limit
 TransportFactory = Callable[[Identity], Sequence[Transport]]
@@ -101,7 +94,7 @@ class _TransportEvents:
         self._node._link_down(link_id)
 
 
-class Node:
+class Node(AppMessages):
     """One mesh node. Several may run in one process (tests): no shared state."""
 
     def __init__(
@@ -557,7 +550,7 @@ class Node:
     ) -> ContactInfo:
         return await self.trust.verify_contact(caller, address, safety_number)
 
-    # --- NodeApi --------------------------------------------------------------------
+    # --- NodeApi (the message methods are AppMessages', meshd/node_messages.py) ------
     @property
     def address(self) -> NodeAddress:
         return self._address
@@ -590,127 +583,3 @@ class Node:
 
     def transports(self) -> list[TransportStatus]:
         return [t.status() for t in self._transports]
-
-    def _authorize(self, caller: Caller) -> str:
-        """The caller's app id, claimed for its uid on first use."""
-        app_id = validate_app_id(caller.app_id)
-        if app_id in self._app_owners:
-            owner = self._app_owners[app_id]
-        else:
-            # Owners never change once claimed: cache (was one SELECT per call, also for
-            # an admin's calls to an unclaimed app id). Bounded: app ids come from callers.
-            if len(self._app_owners) >= _APP_OWNER_CACHE:
-                self._app_owners.clear()
-            owner = self._app_owners[app_id] = self.store.app_owner(app_id)
-        if owner is None:
-            if caller.is_admin:  # an admin looking at an app must not take it over
-                return app_id
-            self.store.claim_app(app_id, caller.uid, time.time())
-            self._schedule_pump()
-            owner = self._app_owners[app_id] = caller.uid
-        if owner != caller.uid and not caller.is_admin:
-            raise PermissionDenied(
-                f"app id {app_id!r} belongs to uid {owner}, not {caller.uid}", field="app_id"
-            )
-        return app_id
-
-    async def send_message(
-        self, caller: Caller, dst: NodeAddress, payload: bytes, *, lifetime_s: float | None
-    ) -> MessageRecord:
-        if not self._running:
-            raise Unavailable("the node is shutting down")
-        app_id = self._authorize(caller)
-        if dst.is_broadcast:
-            raise InvalidArgument("cannot send to the broadcast address", field="dst")
-        if dst == self.address:
-            raise InvalidArgument("cannot send to this node's own address", field="dst")
-        if lifetime_s is not None and not 0 < lifetime_s <= MAX_LIFETIME_S:
-            raise InvalidArgument(
-                f"lifetime must be in (0, {MAX_LIFETIME_S:.0f}] seconds", field="lifetime"
-            )
-        if self._window.full(dst):  # many of ours to dst unacknowledged on a link: wait
-            await self._window.room(dst)
-            if not self._running:
-                raise Unavailable("the node is shutting down")
-        envelope = Envelope(app_id, bytes(payload)).encode()
-        message_id = os.urandom(8)
-        # core.send first: if it refuses (full outbox, too large) nothing is stored. Its
-        # frames only leave in the pump, after the commit below.
-        self.core.send(dst, envelope, now=self._now(), lifetime=lifetime_s, message_id=message_id)
-        created = time.time()
-        lifetime = lifetime_s if lifetime_s is not None else self._default_lifetime()
-        record = self.store.add_outgoing(
-            message_id=message_id,
-            app_id=app_id,
-            dst=dst,
-            content=bytes(payload),
-            created_at=created,
-            expires_at=created + lifetime,
-        )
-        await self._durable()
-        if self._debug:
-            self.log.debug(
-                "message_queued", message_id=message_id.hex(), peer=dst.short, app=app_id
-            )
-        return record
-
-    def _default_lifetime(self) -> float:
-        return (self._core_config or CoreConfig()).message_lifetime
-
-    def get_message(self, caller: Caller, message_id: bytes) -> MessageRecord:
-        app_id = self._authorize(caller)
-        record = self.store.get_message(app_id, message_id)
-        if record is None:  # another app's message is "not found" too: no leak
-            raise NotFound(f"no message {message_id.hex()}", field="message_id")
-        return record
-
-    def history(
-        self,
-        caller: Caller,
-        *,
-        peer: NodeAddress | None,
-        limit: int,
-        before_cursor: int | None,
-    ) -> list[MessageRecord]:
-        app_id = self._authorize(caller)
-        if not 1 <= limit <= MAX_HISTORY_LIMIT:
-            raise InvalidArgument(f"limit must be 1..{MAX_HISTORY_LIMIT}", field="limit")
-        if before_cursor is not None and before_cursor < 0:
-            raise InvalidArgument("before_cursor must be >= 0", field="before_cursor")
-        return self.store.history(app_id, peer=peer, limit=limit, before_cursor=before_cursor)
-
-    async def subscribe(
-        self, caller: Caller, *, after_cursor: int | None
-    ) -> AsyncIterator[AppEvent]:
-        """Stored events after ``after_cursor`` (every retained one when None), then live
-        ones; only the caller's app's messages plus node-wide neighbour/path events.
-        Reads from the store at the subscriber's pace: a slow app costs no memory."""
-        app_id = self._authorize(caller)
-        if after_cursor is not None and after_cursor < 0:
-            raise InvalidArgument("after_cursor must be >= 0", field="after_cursor")
-        if after_cursor is not None and after_cursor > self._visible_cursor:
-            # No app can have seen it here: the state directory was reset or replaced.
-            raise InvalidArgument(
-                f"after_cursor {after_cursor} is ahead of this node's event log (last "
-                f"{self._visible_cursor}): was its state reset? Subscribe without a cursor",
-                field="after_cursor",
-            )
-        cursor = after_cursor or 0
-        wake = asyncio.Event()
-        self._subscribers.add(wake)
-        try:
-            while not self._closed:
-                batch = self.store.events_after(
-                    app_id, cursor, limit=_SUBSCRIBE_BATCH, upto=self._visible_cursor
-                )
-                if not batch:
-                    wake.clear()
-                    await wake.wait()
-                    continue
-                for event in batch:
-                    cursor = event.cursor
-                    yield event
-                    if self._closed:
-                        return
-        finally:
-            self._subscribers.discard(wake)
