@@ -29,6 +29,7 @@ import structlog
 from meshd import __version__
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity
+from meshd.e2e.kinds import PayloadFamily, family_of
 from meshd.envelope import decode_envelope
 from meshd.errors import (
     MeshdError,
@@ -43,9 +44,11 @@ from meshd.node_api import (
     IdentityInfo,
     NodeStatus,
 )
+from meshd.node_groups import GroupMessages
 from meshd.node_messages import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
 from meshd.node_messages import MAX_LIFETIME_S as MAX_LIFETIME_S
 from meshd.node_messages import AppMessages
+from meshd.node_sessions import SessionMessages
 from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.events import (
     CoreEvent,
@@ -94,7 +97,7 @@ class _TransportEvents:
         self._node._link_down(link_id)
 
 
-class Node(AppMessages):
+class Node(AppMessages, SessionMessages, GroupMessages):
     """One mesh node. Several may run in one process (tests): no shared state."""
 
     def __init__(
@@ -199,6 +202,8 @@ class Node(AppMessages):
         now = self._now()
         self._core = MeshCore(self.identity, now=now, rng=self._rng, config=self._core_config)
         self._restore_outbox(now)
+        self._sessions_start(now)
+        self._groups_start(now)
         if self._battery is not None:
             self._core.set_battery(self._battery, charging=False, now=now)
         pruned = self.store.prune_events(now=time.time())
@@ -244,6 +249,8 @@ class Node(AppMessages):
             self._pump()
             self._snapshot_attempts()
         self._wake_subscribers()
+        self._groups_stop()
+        self._sessions_stop()
         try:
             self.store.close()  # commits and fsyncs
         except StoreError as exc:
@@ -469,6 +476,7 @@ class Node(AppMessages):
         if isinstance(event, PeerIdentityLearned):
             store.upsert_peer(event.identity, now=wall)
             self.trust.observe(event.address, event.identity, wall=wall)
+            self._sessions_peer_learned(event, wall)
             return
         if isinstance(event, LinkAdviceChanged):
             entry = self._links.get(event.link_id)
@@ -485,6 +493,13 @@ class Node(AppMessages):
             )
 
     def _message_received(self, event: MessageReceived, wall: float) -> None:
+        family = family_of(event.payload)
+        if family is PayloadFamily.SESSION:
+            self._session_payload(event, wall)
+            return
+        if family is PayloadFamily.GROUP:
+            self._group_payload(event, wall)
+            return
         try:
             env = decode_envelope(event.payload)
         except MeshdError as exc:
