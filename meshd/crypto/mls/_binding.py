@@ -26,15 +26,61 @@ def _write(self: Any, value: bytes) -> None:
         ctypes.memmove(base + self.rbuf.len, bytes(value), n)
 
 
+_Status = _generated._UniffiRustCallStatus
+_check_status = _generated._uniffi_check_call_status
+_RustBuffer = _generated._UniffiRustBuffer
+_InternalError = _generated.InternalError
+
+
+def _rust_call_with_error(error_ffi_converter: Any, fn: Any, *args: Any) -> Any:
+    # As generated, except the status: ctypes zero-fills a new Structure, which is exactly
+    # what ``_UniffiRustCallStatus.default()`` builds field by field (code CALL_SUCCESS,
+    # empty error buffer) at 0.9 us instead of 0.1 us, ~16 times per seal+open.
+    status = _Status()
+    result = fn(*args, ctypes.byref(status))
+    _check_status(error_ffi_converter, status)
+    return result
+
+
+def _lower_bytes(value: bytes) -> Any:
+    # The generated lowering grows a 16-byte buffer (2 Rust calls) and packs the i32
+    # length byte by byte; this allocates once and copies the same layout (big-endian
+    # i32 length, then the bytes) in one memmove.
+    n = len(value)
+    rbuf = _RustBuffer.alloc(n + 4)
+    ctypes.memmove(rbuf.data, n.to_bytes(4, "big", signed=True) + bytes(value), n + 4)
+    rbuf.len = n + 4
+    return rbuf
+
+
+def _lift_bytes(rbuf: Any) -> bytes:
+    try:
+        total = rbuf.len
+        data: bytes = rbuf.data[0:total]
+    finally:
+        rbuf.free()
+    if total < 4 or int.from_bytes(data[:4], "big", signed=True) != total - 4:
+        raise _InternalError("malformed byte string from Rust")
+    return data[4:]
+
+
 def install_fast_bytes_lowering() -> None:
-    """Replace the generated ``_UniffiRustBufferBuilder.write`` with one ``memmove``.
+    """Speed up the generated marshalling without changing what crosses the boundary.
 
     The generated code copies byte arguments into Rust buffers one Python-level byte at a
     time (``for i, byte in enumerate(value): data[len + i] = byte``): measured 250 us to
     lower a 1 KiB ciphertext versus 20 us for 16 bytes, which alone kept seal+open of
-    1 KiB messages at ~1,400/s. The replacement writes the same bytes at the same offsets,
-    so behaviour is identical; it is idempotent and stateless (not a registry), and the
-    vector and engine tests exercise it on every call.
+    1 KiB messages at ~1,400/s. ``_UniffiRustBufferBuilder.write`` becomes one ``memmove``;
+    top-level ``bytes`` arguments and results are lowered/lifted in one allocation and
+    one copy (17 -> 6 us per 1 KiB argument); each Rust call builds its status struct by
+    zero-filling. Same bytes at the same offsets, so behaviour is identical; idempotent and
+    stateless (not a registry), and the vector and engine tests exercise it on every call.
     """
     if _generated._UniffiRustBufferBuilder.write is not _write:
         _generated._UniffiRustBufferBuilder.write = _write
+    converter = _generated._UniffiFfiConverterBytes
+    if converter.lower is not _lower_bytes:
+        converter.lower = staticmethod(_lower_bytes)
+        converter.lift = staticmethod(_lift_bytes)
+    if _generated._uniffi_rust_call_with_error is not _rust_call_with_error:
+        _generated._uniffi_rust_call_with_error = _rust_call_with_error

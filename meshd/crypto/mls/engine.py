@@ -9,7 +9,10 @@ who sent a commit *before* applying it, and ships the bytes the engine returns.
 Conventions:
 
 * Group ids and messages are ``bytes``; messages are RFC 9420 ``MLSMessage`` encodings.
-* Every call that changes MLS state persists it before returning (a restart resumes).
+* Every call that changes MLS state persists it before returning (a restart resumes),
+  except, for an engine in write-behind mode, the ratchet advance of an application
+  message (``encrypt``/``process``): that is persisted by :meth:`MlsEngine.flush`, which
+  the owner must call before any ciphertext produced since leaves the process.
 * A committer's own commit is applied before the call returns (mls-rs needs the committer
   to process its own commit before others can follow); the returned ``epoch`` is the new
   one, and the same commit bytes go to every other member.
@@ -210,6 +213,15 @@ class MlsEngine(ABC):
         members of the losing branch roll back to the fork epoch and process the winning
         branch's commits in order. Raises ``NotFound`` if the epoch is no longer retained.
         """
+
+    def flush(self) -> None:
+        """Persist state changes deferred by write-behind (nothing to do by default).
+
+        The node calls it in its pump before its store commit; frames leave only after
+        that commit, so no ciphertext leaves before the ratchet state that produced it.
+        An engine that writes through (the default) has nothing pending.
+        """
+        return None
 
     @abstractmethod
     def reencode(self, message: bytes) -> bytes:
