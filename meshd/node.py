@@ -30,6 +30,7 @@ from meshd import __version__
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity
 from meshd.e2e.kinds import PayloadFamily, family_of
+from meshd.e2e.requests import AcceptFrom
 from meshd.envelope import decode_envelope
 from meshd.errors import (
     MeshdError,
@@ -70,7 +71,7 @@ from meshd.store.statedir import (
     DATABASE_FILE,
     StateLock,
     ensure_state_dir,
-    load_or_create_identity,
+    load_or_create_identity_key,
 )
 from meshd.store.syncgate import SyncGate
 from meshd.transports.base import Link, Transport, TransportStatus
@@ -112,8 +113,14 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         logger: Any = None,
         rng: random.Random | None = None,
         lock: StateLock | None = None,
+        keystore_key: bytes | None = None,
+        accept_from: str | None = None,
     ) -> None:
         self.identity = identity
+        # At-rest key material for the MLS state (meshd/node_sessions.py derives its key).
+        self._keystore_key = keystore_key
+        if accept_from is not None:  # who may open a 1:1 session (meshd/e2e/requests.py)
+            self.accept_from_default = AcceptFrom(accept_from)
         # Derived once: Identity.address hashes the public key on every call (2 % of the
         # sending daemon's CPU when send_message compared against it).
         self._address = identity.address
@@ -165,7 +172,7 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         lock = StateLock(state_dir)
         lock.acquire()
         try:
-            identity, created = load_or_create_identity(state_dir)
+            identity, created, keystore_key = load_or_create_identity_key(state_dir)
             store = Store.open(state_dir / DATABASE_FILE)
         except BaseException:
             lock.release()
@@ -176,6 +183,7 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             transports(identity) if transports else (),
             state_dir=state_dir,
             lock=lock,
+            keystore_key=keystore_key,
             **kwargs,
         )
         if created:
@@ -282,6 +290,8 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             )
             for r in rows
         ]
+        # Payloads as sealed by the session layer (the store keeps the app's plaintext).
+        entries = self._sessions_restore(entries, offset)
         if entries:
             self.core.restore(entries, now=now)
             self.log.info("outbox_restored", messages=len(entries))
@@ -438,6 +448,10 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             self._message_received(event, wall)
             return
         if isinstance(event, DeliveryStateChanged):
+            mapped = self._sessions_delivery(event)  # re-send carriers -> app message ids
+            if mapped is None:
+                return
+            event = mapped
             if event.state is DeliveryState.SENT:
                 self._window.sent(event.dst, event.message_id)
             else:
@@ -499,6 +513,9 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             return
         if family is PayloadFamily.GROUP:
             self._group_payload(event, wall)
+            return
+        if family is PayloadFamily.PLAINTEXT:  # user messages must be end-to-end encrypted
+            self._sessions_plaintext(event, wall)
             return
         try:
             env = decode_envelope(event.payload)

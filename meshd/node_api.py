@@ -71,6 +71,15 @@ class AppEventKind(enum.Enum):
     PATH_CHANGED = "path_changed"
     # A pinned peer presented another exchange key: refused until trusted (meshd.crypto.tofu).
     KEY_CHANGED = "key_changed"
+    # 1:1 end-to-end sessions and connection requests (meshd/e2e/requests.py).
+    CONNECTION_REQUEST = "connection_request"
+    CONNECTION_ACCEPTED = "connection_accepted"
+    CONNECTION_REJECTED = "connection_rejected"
+    CONNECTION_CANCELLED = "connection_cancelled"
+    CONNECTION_EXPIRED = "connection_expired"
+    SESSION_ESTABLISHED = "session_established"
+    MESSAGE_UNDECRYPTABLE = "message_undecryptable"
+    PLAINTEXT_REFUSED = "plaintext_refused"
 
 
 @dataclass(frozen=True, slots=True)

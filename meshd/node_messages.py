@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from meshd.address import NodeAddress
 from meshd.envelope import Envelope, validate_app_id
-from meshd.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from meshd.errors import InvalidArgument, MeshdError, NotFound, PermissionDenied, Unavailable
 from meshd.node_api import AppEvent, Caller, MessageRecord
 from meshd.router.core import CoreConfig, MeshCore
+from meshd.router.e2e_bodies import MAX_PAYLOAD_LEN
 from meshd.sendwindow import SendWindow
 from meshd.store import Store
 
@@ -25,6 +26,9 @@ MAX_LIFETIME_S = 30 * 24 * 3600.0
 MAX_HISTORY_LIMIT = 1000
 _SUBSCRIBE_BATCH = 256
 _APP_OWNER_CACHE = 4096
+# Room for the MLS framing and a Welcome in the first messages of a session (measured:
+# Welcome 912 B, ciphertext = plaintext + ~170 B) below the DATA payload limit.
+MAX_CONTENT_LEN = MAX_PAYLOAD_LEN - 4096
 
 
 class AppMessages:
@@ -55,6 +59,12 @@ class AppMessages:
         def _schedule_pump(self) -> None: ...
 
         async def _durable(self) -> None: ...
+
+        def _sessions_seal(
+            self, dst: NodeAddress, envelope: Envelope, message_id: bytes, *, expires_at: float
+        ) -> bytes | None: ...
+
+        def _sessions_unseal(self, message_id: bytes) -> None: ...
 
     def _authorize(self, caller: Caller) -> str:
         """The caller's app id, claimed for its uid on first use."""
@@ -97,13 +107,24 @@ class AppMessages:
             await self._window.room(dst)
             if not self._running:
                 raise Unavailable("the node is shutting down")
-        envelope = Envelope(app_id, bytes(payload)).encode()
+        envelope = Envelope(app_id, bytes(payload))
+        if len(payload) > MAX_CONTENT_LEN:
+            raise InvalidArgument(f"payload is over {MAX_CONTENT_LEN} bytes", field="payload")
         message_id = os.urandom(8)
-        # core.send first: if it refuses (full outbox, too large) nothing is stored. Its
-        # frames only leave in the pump, after the commit below.
-        self.core.send(dst, envelope, now=self._now(), lifetime=lifetime_s, message_id=message_id)
         created = time.time()
         lifetime = lifetime_s if lifetime_s is not None else self._default_lifetime()
+        # Sealed for dst's 1:1 MLS session (set up from its key package when there is
+        # none); None: it waits, stored, for the key package (meshd/e2e/sessions.py).
+        sealed = self._sessions_seal(dst, envelope, message_id, expires_at=created + lifetime)
+        if sealed is not None:
+            # core.send before the history row: if it refuses (full outbox, too large)
+            # nothing is stored. Its frames only leave in the pump, after the commit below.
+            try:
+                self.core.send(dst, sealed, now=self._now(), lifetime=lifetime_s,
+                               message_id=message_id)  # fmt: skip
+            except MeshdError:
+                self._sessions_unseal(message_id)
+                raise
         record = self.store.add_outgoing(
             message_id=message_id,
             app_id=app_id,

@@ -99,6 +99,66 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO contacts (address, signing_key, exchange_key, first_seen, last_seen)
         SELECT address, signing_key, exchange_key, first_seen, last_seen FROM peers;
     """,
+    # 2 -> 3: 1:1 end-to-end sessions and connection requests (meshd/store/sessions.py).
+    """
+    CREATE TABLE e2e_sessions (
+        peer        BLOB PRIMARY KEY,
+        group_id    BLOB NOT NULL,
+        confirmed   INTEGER NOT NULL,
+        welcome     BLOB,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE e2e_groups (
+        group_id    BLOB PRIMARY KEY,
+        peer        BLOB NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE e2e_pending (
+        message_id  BLOB PRIMARY KEY,
+        peer        BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        flags       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX e2e_pending_peer ON e2e_pending (peer, created_at);
+    CREATE TABLE e2e_sealed (
+        carrier_id  BLOB PRIMARY KEY,
+        message_id  BLOB NOT NULL,
+        peer        BLOB NOT NULL,
+        group_id    BLOB NOT NULL,
+        payload     BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        done        INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX e2e_sealed_group ON e2e_sealed (group_id);
+    CREATE TABLE e2e_peers (
+        peer        BLOB PRIMARY KEY,
+        accepted    INTEGER NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE e2e_requests (
+        peer        BLOB NOT NULL,
+        direction   TEXT NOT NULL,
+        group_id    BLOB,
+        app_id      TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        PRIMARY KEY (peer, direction)
+    );
+    CREATE TABLE e2e_held (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        peer        BLOB NOT NULL,
+        payload     BLOB NOT NULL,
+        hops        INTEGER NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX e2e_held_peer ON e2e_held (peer, id);
+    CREATE TABLE e2e_settings (
+        name        TEXT PRIMARY KEY,
+        value       TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs

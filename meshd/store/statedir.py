@@ -59,6 +59,15 @@ def load_or_create_identity(
 ) -> tuple[Identity, bool]:
     """Read ``identity.key`` (encrypted at rest, see ``meshd.crypto.keystore``; a plain
     one is migrated) or generate one on first start; (identity, created)."""
+    identity, created, _ = load_or_create_identity_key(state_dir, environ=environ, log=log)
+    return identity, created
+
+
+def load_or_create_identity_key(
+    state_dir: Path, *, environ: Mapping[str, str] | None = None, log: Any = None
+) -> tuple[Identity, bool, bytes]:
+    """As ``load_or_create_identity``, plus the 32-byte keystore key (other at-rest
+    secrets, e.g. the MLS state, derive their keys from it)."""
     log = log or structlog.get_logger("meshd.keystore")
     result = keystore.load_or_create(state_dir / IDENTITY_FILE, environ=environ)
     if not result.key.from_credential:
@@ -78,4 +87,4 @@ def load_or_create_identity(
     if result.migrated:
         log.info("identity_encrypted", path=str(state_dir / IDENTITY_FILE),
                  address=result.identity.address.text)  # fmt: skip
-    return result.identity, result.created
+    return result.identity, result.created, result.key.key

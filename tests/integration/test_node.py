@@ -541,6 +541,12 @@ async def test_sends_wait_while_the_window_to_a_destination_is_full(tmp_path: Pa
     b_end = wire.end_of(tb)
     real_send = b_end.send
     held: list[bytes] = []
+    # A knows B's MLS key package (from B's announce) before B's frames are held, so the
+    # messages are sealed and sent at once instead of waiting for a key package.
+    for _ in range(200):
+        if a.e2e.has_kp(b.address):
+            break
+        await asyncio.sleep(0.01)
     try:
         # B -> A: nothing arrives (held here)
         b_end.send = held.append  # type: ignore[method-assign,assignment]

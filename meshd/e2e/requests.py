@@ -1,0 +1,273 @@
+"""Connection requests on top of 1:1 sessions, sans-IO: policy, send, accept, reject,
+cancel, expiry, bounded pending lists.
+
+``accept_from`` decides who may open a session: ``anyone`` (the default, so ``meshctl
+send`` works out of the box) or ``contacts`` (peers this node accepted, wrote to first, or
+named/verified in its contacts). Under ``contacts`` a first message from a stranger is
+held, undecrypted, as an *incoming request*: the Welcome is used only when the user
+accepts, and then the held messages are opened and delivered. A request sent with
+``connect`` carries the Welcome and an optional first message (<= 4 KiB) and stays in the
+sender's *outgoing* list until the peer accepts (CONN_ACCEPT: an MLS message that proves
+it joined), rejects, the sender cancels, or it expires.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from meshd.address import NodeAddress
+from meshd.crypto import tofu
+from meshd.crypto.mls.engine import MlsEngine
+from meshd.e2e import session_wire as sw
+from meshd.e2e.sessions import Expired, Notice, SendPayload, SessionManager
+from meshd.envelope import Envelope
+from meshd.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from meshd.store.sessions import RequestRow, SessionRow, SessionTables
+
+MAX_INITIAL_MESSAGE = 4096
+MAX_INCOMING_REQUESTS = 64
+MAX_OUTGOING_REQUESTS = 64
+MAX_HELD_PER_PEER = 16
+REQUEST_LIFETIME_S = 7 * 24 * 3600.0
+INCOMING, OUTGOING = "incoming", "outgoing"
+
+
+class AcceptFrom(enum.Enum):
+    ANYONE = "anyone"
+    CONTACTS = "contacts"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    peer: NodeAddress
+    direction: str
+    created_at: float
+    expires_at: float
+    messages: int  # incoming: messages held until accepted
+
+
+class E2eSessions(SessionManager):
+    """Sessions plus the connection-request layer (one per node)."""
+
+    def __init__(
+        self,
+        engine: MlsEngine,
+        tables: SessionTables,
+        *,
+        pinned: Callable[[NodeAddress], tofu.Contact | None] = lambda _a: None,
+        default_accept_from: AcceptFrom = AcceptFrom.ANYONE,
+    ) -> None:
+        super().__init__(engine, tables, pinned=pinned)
+        stored = tables.setting("accept_from")
+        self.accept_from = AcceptFrom(stored) if stored else default_accept_from
+        self._accepted = tables.accepted()
+
+    # --- policy -------------------------------------------------------------------------
+    def set_accept_from(self, value: AcceptFrom) -> None:
+        self.accept_from = value
+        self.tables.set_setting("accept_from", value.value)
+
+    def is_accepted(self, peer: NodeAddress) -> bool:
+        if peer in self._accepted:
+            return True
+        contact = self._pinned(peer)
+        return contact is not None and (contact.verified or bool(contact.name))
+
+    def _accept_peer(self, peer: NodeAddress, *, now: float) -> None:
+        if peer not in self._accepted:
+            self._accepted.add(peer)
+            self.tables.set_accepted(peer, True, now=now)
+
+    def accepts(self, src: NodeAddress, frame: sw.SessionInit) -> bool:
+        if self.accept_from is AcceptFrom.ANYONE or self.is_accepted(src):
+            return True
+        self._hold(src, frame)
+        return False
+
+    def _hold(self, src: NodeAddress, frame: sw.SessionInit) -> None:
+        now = self._now
+        if self._request(src, INCOMING) is None:
+            if len(self.tables.requests(INCOMING)) >= MAX_INCOMING_REQUESTS:
+                reject = sw.ConnReject(sw.RejectReason.BUSY, frame.group_id).encode()
+                self.actions.append(SendPayload(src, reject, None))
+                self.actions.append(Notice("connection_rejected", src,
+                                           "incoming request list full", warning=True))  # fmt: skip
+                return
+            self.tables.put_request(
+                RequestRow(src, INCOMING, frame.group_id, "", now, now + REQUEST_LIFETIME_S)
+            )
+            self.actions.append(Notice("connection_request", src, "incoming"))
+        if self.tables.held_count(src) < MAX_HELD_PER_PEER:
+            self.tables.hold(src, frame.encode(), hops=self._hops, now=now)
+
+    # --- receiving hooks ---------------------------------------------------------------
+    _now: float = 0.0
+    _hops: int = 0
+
+    def receive(self, src: NodeAddress, payload: bytes, *, hops: int, now: float) -> None:
+        self._now, self._hops = now, hops
+        super().receive(src, payload, hops=hops, now=now)
+
+    def on_connection_frame(self, src: NodeAddress, frame: sw.SessionFrame, *, now: float) -> None:
+        if isinstance(frame, sw.ConnAccept):
+            self.open_app(src, frame.message, hops=self._hops, now=now)
+            s = self._sessions.get(src)
+            req = self._request(src, OUTGOING)
+            joined = s is not None and s.confirmed and self._groups.get(frame.group_id) == src
+            if joined and req is not None:
+                self.tables.delete_request(src, OUTGOING)
+                self.actions.append(Notice("connection_accepted", src, "outgoing"))
+        elif isinstance(frame, sw.ConnReject):
+            req = self._request(src, OUTGOING)
+            s = self._sessions.get(src)
+            if req is None and (s is None or s.group_id != frame.group_id):
+                return
+            self.tables.delete_request(src, OUTGOING)
+            if s is not None and s.group_id == frame.group_id and not s.confirmed:
+                self._sessions.pop(src, None)
+                self.tables.delete_session(src)
+                self._drop_group(frame.group_id)
+            self._fail_pending(src, "connection request rejected")
+            self.actions.append(Notice("connection_rejected", src, frame.reason.name.lower()))
+        elif isinstance(frame, sw.ConnCancel):
+            req = self._request(src, INCOMING)
+            if req is None:
+                return
+            self.tables.delete_request(src, INCOMING)
+            self.tables.drop_held(src)
+            self.actions.append(Notice("connection_cancelled", src, "incoming"))
+
+    # --- the user's side ---------------------------------------------------------------
+    def connect(
+        self,
+        dst: NodeAddress,
+        app_id: str,
+        *,
+        now: float,
+        first: tuple[bytes, Envelope, float] | None = None,
+    ) -> bytes | None:
+        """Send a connection request to ``dst``; ``first`` = (message id, envelope,
+        expires_at) of the initial message (its history row is the caller's). Returns
+        the payload to send under that message id (None: waiting for a key package, or
+        no first message: the bare request is queued as an action)."""
+        if dst == self.own:
+            raise InvalidArgument("cannot connect to this node itself", field="address")
+        s = self._sessions.get(dst)
+        if s is not None and s.confirmed:
+            raise AlreadyExists(f"already connected to {dst.text}", field="address")
+        if self._request(dst, OUTGOING) is not None:
+            raise AlreadyExists(f"a request to {dst.text} is already pending", field="address")
+        if len(self.tables.requests(OUTGOING)) >= MAX_OUTGOING_REQUESTS:
+            raise ResourceExhausted(f"{MAX_OUTGOING_REQUESTS} outgoing requests pending")
+        if first is not None and len(first[1].content) > MAX_INITIAL_MESSAGE:
+            raise InvalidArgument(f"the initial message is at most {MAX_INITIAL_MESSAGE} bytes",
+                                  field="text")  # fmt: skip
+        self._accept_peer(dst, now=now)
+        gid = s.group_id if s is not None else None
+        self.tables.put_request(RequestRow(dst, OUTGOING, gid, app_id, now,
+                                           now + REQUEST_LIFETIME_S))  # fmt: skip
+        self.actions.append(Notice("connection_request", dst, "outgoing", app_id=app_id))
+        if first is not None:
+            mid, env, expires = first
+            return self.seal_or_queue(dst, env, mid, now=now, expires_at=expires,
+                                      flags=sw.InitFlags.REQUEST)  # fmt: skip
+        if s is None:
+            kp = self.take_kp(dst, now=now)
+            if kp is None:
+                self.request_kp(dst, now=now)
+                return None
+            s = self._create(dst, kp, now=now)
+        self._bare_request(s)
+        return None
+
+    def _bare_request(self, s: SessionRow) -> None:
+        assert s.welcome is not None
+        init = sw.SessionInit(sw.InitFlags.REQUEST, s.group_id, s.welcome, b"").encode()
+        self.actions.append(SendPayload(s.peer, init, None))
+
+    def _create(self, peer: NodeAddress, kp: bytes, *, now: float) -> SessionRow:
+        row = super()._create(peer, kp, now=now)
+        req = self._request(peer, OUTGOING)
+        if req is not None and req.group_id is None:
+            self.tables.put_request(replace(req, group_id=row.group_id))
+            if not any(p.flags & sw.InitFlags.REQUEST for p in self.tables.pending(peer)):
+                self._bare_request(row)  # a request without a first message
+        return row
+
+    def accept(self, peer: NodeAddress, *, now: float) -> None:
+        """Accept ``peer``'s incoming request: join, deliver what it sent, tell it."""
+        self._require(peer, INCOMING)
+        self._accept_peer(peer, now=now)
+        self.tables.delete_request(peer, INCOMING)
+        for held in self.tables.held(peer):
+            self.receive(peer, held.payload, hops=held.hops, now=now)
+        self.tables.drop_held(peer)
+        self.actions.append(Notice("connection_accepted", peer, "incoming"))
+
+    def reject(self, peer: NodeAddress, *, now: float) -> None:
+        req = self._require(peer, INCOMING)
+        self.tables.delete_request(peer, INCOMING)
+        self.tables.drop_held(peer)
+        if req.group_id is not None:
+            payload = sw.ConnReject(sw.RejectReason.DECLINED, req.group_id).encode()
+            self.actions.append(SendPayload(peer, payload, None))
+        self.actions.append(Notice("connection_rejected", peer, "incoming"))
+
+    def cancel(self, peer: NodeAddress, *, now: float) -> None:
+        req = self._require(peer, OUTGOING)
+        self.tables.delete_request(peer, OUTGOING)
+        s = self._sessions.get(peer)
+        if s is not None and not s.confirmed:
+            self._sessions.pop(peer, None)
+            self.tables.delete_session(peer)
+            self._drop_group(s.group_id)
+        if req.group_id is not None:
+            self.actions.append(SendPayload(peer, sw.ConnCancel(req.group_id).encode(), None))
+        self._fail_pending(peer, "connection request cancelled")
+        self.actions.append(Notice("connection_cancelled", peer, "outgoing"))
+
+    def requests(self, direction: str | None = None) -> list[RequestInfo]:
+        return [
+            RequestInfo(r.peer, r.direction, r.created_at, r.expires_at,
+                        self.tables.held_count(r.peer) if r.direction == INCOMING else 0)
+            for r in self.tables.requests(direction)
+        ]  # fmt: skip
+
+    def tick(self, *, now: float) -> None:
+        super().tick(now=now)
+        for r in self.tables.requests():
+            if now < r.expires_at:
+                continue
+            self.tables.delete_request(r.peer, r.direction)
+            if r.direction == INCOMING:
+                self.tables.drop_held(r.peer)
+                if r.group_id is not None:
+                    expired = sw.ConnReject(sw.RejectReason.EXPIRED, r.group_id).encode()
+                    self.actions.append(SendPayload(r.peer, expired, None))
+            self.actions.append(Notice("connection_expired", r.peer, r.direction))
+
+    # --- helpers ------------------------------------------------------------------------
+    def _request(self, peer: NodeAddress, direction: str) -> RequestRow | None:
+        return next((r for r in self.tables.requests(direction) if r.peer == peer), None)
+
+    def _require(self, peer: NodeAddress, direction: str) -> RequestRow:
+        req = self._request(peer, direction)
+        if req is None:
+            raise NotFound(f"no {direction} request for {peer.text}", field="address")
+        return req
+
+    def _fail_pending(self, peer: NodeAddress, reason: str) -> None:
+        for p in self.tables.pending(peer):
+            self.tables.delete_pending(p.message_id)
+            self.actions.append(Expired(p.message_id, reason))
+
+
+__all__ = ["AcceptFrom", "E2eSessions", "FailedPrecondition", "RequestInfo"]

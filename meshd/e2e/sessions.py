@@ -1,0 +1,560 @@
+"""1:1 MLS sessions, sans-IO: peer -> 1:1 group, key packages, sealing, opening, reset.
+
+The manager is fed calls with ``now`` (unix seconds) passed in; it drives the injected
+``MlsEngine`` and the ``SessionTables`` (the node's store, committed by the node) and
+queues ``Action``s the node carries out (send a payload through the core, deliver a
+message to an app, append an event). Ordering guarantees the node relies on:
+
+* MLS state changes are persisted by the engine before a call returns, i.e. before the
+  ciphertext they produced is even queued; the node sends frames only after its store
+  commit, so a session row never refers to MLS state that is not on disk.
+* A message an app was told is accepted is either sealed (``e2e_sealed``, the exact
+  payload handed to the core, restored after a restart) or waiting (``e2e_pending``,
+  sealed when a key package for the peer arrives), in the same transaction as its
+  history row.
+
+Setup: the sender takes the peer's key package (from its announce extensions or a
+KP_RESPONSE), creates a group, adds the peer, and sends SESSION_INIT (Welcome + first
+ciphertext). The Welcome rides along with every message until the sender knows the peer
+joined: the joiner answers with CONN_ACCEPT, an MLS message in the group. If both ends set up at
+once, each joins the other's group too and both send in the one with the lower group id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from meshd.address import NodeAddress
+from meshd.crypto import tofu
+from meshd.crypto.mls import wire as mls_wire
+from meshd.crypto.mls.engine import ApplicationMessage, KeyPackage, MlsEngine
+from meshd.e2e import session_wire as sw
+from meshd.envelope import Envelope
+from meshd.errors import (
+    AlreadyExists,
+    CryptoError,
+    FailedPrecondition,
+    InvalidArgument,
+    MeshdError,
+    NotFound,
+    WireError,
+)
+from meshd.store.sessions import PendingRow, SealedRow, SessionRow, SessionTables
+
+#: Rotate the published key package this often (and after a restart, and once used).
+KP_ROTATE_S = 24 * 3600.0
+#: A KP_REQUEST is not repeated for a peer within this (its response is on its way).
+KP_REQUEST_INTERVAL_S = 30.0
+#: One fresh key package per requesting peer within this (bounds in-memory key packages).
+KP_RESPONSE_REUSE_S = 60.0
+#: At most one SESSION_RESET per group within this (every message in it would trigger one).
+RESET_INTERVAL_S = 10.0
+#: Finished sealed carriers are kept this long (a RESET re-sends what a group carried).
+SEALED_KEEP_S = 3600.0
+_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SendPayload:
+    """Hand ``payload`` to the core as message ``carrier_id`` (None: let the core pick)."""
+
+    dst: NodeAddress
+    payload: bytes
+    carrier_id: bytes | None
+    lifetime: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A decrypted app message for the app ``app_id``."""
+
+    src: NodeAddress
+    message_id: bytes
+    app_id: str
+    content: bytes
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something apps and the log should see (``kind``: an AppEventKind value)."""
+
+    kind: str
+    peer: NodeAddress
+    detail: str
+    app_id: str | None = None
+    warning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A message that waited for a session past its lifetime."""
+
+    message_id: bytes
+    reason: str
+
+
+Action = SendPayload | Deliver | Notice | Expired
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    peer: NodeAddress
+    group_id: bytes
+    epoch: int
+    established: bool  # the peer is known to have joined
+
+
+class SessionManager:
+    """One node's 1:1 sessions. Event-loop thread only; ``now`` is unix time."""
+
+    def __init__(
+        self,
+        engine: MlsEngine,
+        tables: SessionTables,
+        *,
+        pinned: Callable[[NodeAddress], tofu.Contact | None] = lambda _a: None,
+    ) -> None:
+        self.engine = engine
+        self.tables = tables
+        self.own = engine.address
+        self._pinned = pinned
+        self.actions: deque[Action] = deque()
+        self._sessions: dict[NodeAddress, SessionRow] = {s.peer: s for s in tables.sessions()}
+        self._groups: dict[bytes, NodeAddress] = tables.groups()
+        mls_groups = set(engine.groups())
+        for gid in [g for g in self._groups if g not in mls_groups]:
+            del self._groups[gid]  # MLS state lost (e.g. the mls dir was wiped)
+            tables.delete_group(gid)
+        for peer in [p for p, s in self._sessions.items() if s.group_id not in mls_groups]:
+            del self._sessions[peer]
+            tables.delete_session(peer)
+        self._kp_cache: dict[NodeAddress, bytes] = {}
+        self._kp_used: set[bytes] = set()  # refs of peers' key packages we consumed
+        self._kp_requested: dict[NodeAddress, float] = {}
+        self._kp_waiters: dict[NodeAddress, list[Callable[[bytes], None]]] = {}
+        self._kp_for_peer: dict[NodeAddress, tuple[KeyPackage, float]] = {}
+        self._resets: dict[bytes, float] = {}
+        self.published: KeyPackage | None = None
+
+    # --- own key package ----------------------------------------------------------------
+    def publish(self, *, now: float) -> bytes | None:
+        """New announce extensions when the published key package must change, else None."""
+        kp = self.published
+        if kp is not None and now < kp.created_at + KP_ROTATE_S and now < kp.expires_at:
+            return None
+        self.published = self.engine.generate_key_package(now=now)
+        return sw.encode_extensions({sw.EXT_KEY_PACKAGE: self.published.data})
+
+    def _fresh_kp(self, peer: NodeAddress, *, now: float) -> bytes:
+        """A key package made for one peer (reused briefly: bounds in-memory keys)."""
+        got = self._kp_for_peer.get(peer)
+        if got is not None and now - got[1] < KP_RESPONSE_REUSE_S:
+            return got[0].data
+        if len(self._kp_for_peer) >= _CACHE_MAX:
+            self._kp_for_peer.clear()
+        kp = self.engine.generate_key_package(now=now)
+        self._kp_for_peer[peer] = (kp, now)
+        return kp.data
+
+    # --- peers' key packages ------------------------------------------------------------
+    def validate_kp(self, peer: NodeAddress, data: bytes, *, now: float) -> bytes:
+        """``data`` if it is a valid key package of ``peer`` under its TOFU pin, else raise."""
+        member = self.engine.inspect_key_package(data, now=now)
+        if member.address != peer:
+            raise InvalidArgument(
+                f"key package belongs to {member.address.short}, not {peer.short}",
+                field="key_package",
+            )
+        contact = self._pinned(peer)
+        if contact is not None:
+            if contact.signing_key != member.node_key:
+                raise FailedPrecondition("key package node key is not the pinned key",
+                                         field="key_package")  # fmt: skip
+            if contact.pending_exchange_key is not None:
+                raise FailedPrecondition(
+                    f"{peer.text} presented a changed key: refused until "
+                    f"`meshctl contacts trust {peer.text}`",
+                    field="key_package",
+                )
+        return data
+
+    def learn_kp(self, peer: NodeAddress, data: bytes, *, now: float) -> bool:
+        """Cache a peer's key package (announce or KP_RESPONSE); flush what waited for it."""
+        if peer == self.own:
+            return False
+        try:
+            ref = mls_wire.key_package_ref(data)
+            if ref in self._kp_used:
+                return False
+            self.validate_kp(peer, data, now=now)
+        except (MeshdError, WireError) as exc:
+            self.actions.append(Notice("key_package_refused", peer, str(exc), warning=True))
+            return False
+        if len(self._kp_cache) >= _CACHE_MAX and peer not in self._kp_cache:
+            self._kp_cache.clear()
+        self._kp_cache[peer] = data
+        for resolve in self._kp_waiters.pop(peer, []):
+            resolve(data)
+        self.flush(peer, now=now)
+        return True
+
+    def learn_extensions(self, peer: NodeAddress, extensions: bytes, *, now: float) -> None:
+        if not extensions:
+            return
+        try:
+            items = sw.decode_extensions(extensions)
+        except WireError as exc:
+            self.actions.append(Notice("key_package_refused", peer, str(exc), warning=True))
+            return
+        kp = items.get(sw.EXT_KEY_PACKAGE)
+        if kp is not None:
+            self.learn_kp(peer, kp, now=now)
+
+    def has_kp(self, peer: NodeAddress) -> bool:
+        """Whether a session with ``peer`` exists or can be set up without a round trip."""
+        return peer in self._sessions or peer in self._kp_cache
+
+    def take_kp(self, peer: NodeAddress, *, now: float) -> bytes | None:
+        """A cached, still valid key package of ``peer``, consumed (single use)."""
+        data = self._kp_cache.pop(peer, None)
+        if data is None:
+            return None
+        try:
+            self.validate_kp(peer, data, now=now)
+        except MeshdError:
+            return None
+        self._kp_used.add(mls_wire.key_package_ref(data))
+        if len(self._kp_used) > _CACHE_MAX:
+            self._kp_used.clear()
+        return data
+
+    def request_kp(self, peer: NodeAddress, *, now: float, force: bool = False) -> None:
+        last = self._kp_requested.get(peer)
+        if not force and last is not None and now - last < KP_REQUEST_INTERVAL_S:
+            return
+        self._kp_requested[peer] = now
+        self.actions.append(SendPayload(peer, sw.KpRequest(os.urandom(8)).encode(), None))
+
+    def wait_kp(self, peer: NodeAddress, resolve: Callable[[bytes], None]) -> None:
+        self._kp_waiters.setdefault(peer, []).append(resolve)
+
+    def cancel_wait(self, peer: NodeAddress, resolve: Callable[[bytes], None]) -> None:
+        waiters = self._kp_waiters.get(peer, [])
+        if resolve in waiters:
+            waiters.remove(resolve)
+
+    # --- sessions -----------------------------------------------------------------------
+    def session(self, peer: NodeAddress) -> SessionRow | None:
+        return self._sessions.get(peer)
+
+    def info(self, peer: NodeAddress) -> SessionInfo:
+        s = self._sessions.get(peer)
+        if s is None:
+            raise NotFound(f"no session with {peer.text}", field="address")
+        return SessionInfo(peer, s.group_id, self.engine.epoch(s.group_id), s.confirmed)
+
+    def _create(self, peer: NodeAddress, kp: bytes, *, now: float) -> SessionRow:
+        gid = self.engine.create_group()
+        try:
+            result = self.engine.add_members(gid, [kp], now=now)
+        except MeshdError:
+            self.engine.forget_group(gid)
+            raise
+        assert result.welcome is not None
+        row = SessionRow(peer, gid, False, result.welcome, now)
+        self._set_session(row)
+        self._groups[gid] = peer
+        self.tables.put_group(gid, peer, now=now)
+        return row
+
+    def _set_session(self, row: SessionRow) -> None:
+        self._sessions[row.peer] = row
+        self.tables.put_session(row)
+
+    def _confirm(self, peer: NodeAddress, group_id: bytes) -> None:
+        s = self._sessions.get(peer)
+        if s is not None and s.group_id == group_id and not s.confirmed:
+            self._set_session(replace(s, confirmed=True, welcome=None))
+            self.actions.append(Notice("session_established", peer, group_id.hex()))
+
+    def _drop_group(self, group_id: bytes) -> None:
+        self._groups.pop(group_id, None)
+        self.tables.delete_group(group_id)
+        with contextlib.suppress(NotFound):
+            self.engine.forget_group(group_id)
+
+    # --- sending ------------------------------------------------------------------------
+    def seal_or_queue(
+        self,
+        dst: NodeAddress,
+        envelope: Envelope,
+        message_id: bytes,
+        *,
+        now: float,
+        expires_at: float,
+        flags: sw.InitFlags = sw.InitFlags.NONE,
+    ) -> bytes | None:
+        """The payload to hand to the core under ``message_id``, or None when the message
+        now waits for the peer's key package (stored; sealed by ``flush``)."""
+        s = self._sessions.get(dst)
+        if s is None:
+            kp = self.take_kp(dst, now=now)
+            if kp is not None:
+                s = self._create(dst, kp, now=now)
+        if s is None:
+            self.tables.add_pending(PendingRow(message_id, dst, now, expires_at, int(flags)))
+            self.request_kp(dst, now=now)
+            return None
+        return self._seal(s, envelope, message_id, message_id, now=now, expires_at=expires_at,
+                          flags=flags)  # fmt: skip
+
+    def _seal(
+        self,
+        s: SessionRow,
+        envelope: Envelope,
+        message_id: bytes,
+        carrier_id: bytes,
+        *,
+        now: float,
+        expires_at: float,
+        flags: sw.InitFlags = sw.InitFlags.NONE,
+    ) -> bytes:
+        sealed = sw.Sealed(sw.SealedType.APP, message_id, envelope).encode()
+        ciphertext = self.engine.encrypt(s.group_id, sealed)  # persisted before it returns
+        payload = self._frame(s, ciphertext, flags)
+        self.tables.add_sealed(
+            SealedRow(carrier_id, message_id, s.peer, s.group_id, payload, now, expires_at, False)
+        )
+        return payload
+
+    @staticmethod
+    def _frame(s: SessionRow, ciphertext: bytes, flags: sw.InitFlags) -> bytes:
+        if s.confirmed or s.welcome is None:
+            return sw.SessionApp(ciphertext).encode()
+        return sw.SessionInit(flags, s.group_id, s.welcome, ciphertext).encode()
+
+    def flush(self, peer: NodeAddress, *, now: float) -> None:
+        """Seal the messages waiting for ``peer`` once a session can exist."""
+        waiting = self.tables.pending(peer)
+        if not waiting:
+            return
+        s = self._sessions.get(peer)
+        if s is None:
+            kp = self.take_kp(peer, now=now)
+            if kp is None:
+                return
+            s = self._create(peer, kp, now=now)
+        for p in waiting:
+            self.tables.delete_pending(p.message_id)
+            if now >= p.expires_at:
+                self.actions.append(Expired(p.message_id, "no key package for the peer in time"))
+                continue
+            content = self.tables.outgoing_content(p.message_id)
+            if content is None:  # history pruned: nothing left to send
+                continue
+            payload = self._seal(s, Envelope(*content), p.message_id, p.message_id, now=now,
+                                 expires_at=p.expires_at, flags=sw.InitFlags(p.flags))  # fmt: skip
+            self.actions.append(SendPayload(peer, payload, p.message_id, p.expires_at - now))
+
+    def delivery(self, carrier_id: bytes, *, final: bool, delivered: bool) -> bytes | None:
+        """A carrier's delivery state changed: the app message id it stands for (None: not
+        a sealed carrier). Delivery does not confirm a session: the peer may hold a
+        first message unopened (a connection request); only its CONN_ACCEPT does."""
+        row = self.tables.sealed(carrier_id)
+        if row is None:
+            return None
+        if final:
+            self.tables.sealed_done(carrier_id)
+        return row.message_id
+
+    def tick(self, *, now: float) -> None:
+        """Expire waiting messages, forget old carriers (call every few seconds)."""
+        for p in self.tables.pending():
+            if now >= p.expires_at:
+                self.tables.delete_pending(p.message_id)
+                self.actions.append(Expired(p.message_id, "no key package for the peer in time"))
+        self.tables.prune_sealed(before=now - SEALED_KEEP_S)
+        self._resets = {g: t for g, t in self._resets.items() if now - t < RESET_INTERVAL_S}
+
+    # --- receiving ----------------------------------------------------------------------
+    def receive(self, src: NodeAddress, payload: bytes, *, hops: int, now: float) -> None:
+        """A 0x10..0x1F payload from ``src`` (authenticated by the core)."""
+        try:
+            frame = sw.decode(payload)
+        except WireError as exc:
+            self.actions.append(Notice("message_undecryptable", src, str(exc), warning=True))
+            return
+        if isinstance(frame, sw.SessionApp):
+            self.open_app(src, frame.message, hops=hops, now=now)
+        elif isinstance(frame, sw.SessionInit):
+            self.on_init(src, frame, hops=hops, now=now)
+        elif isinstance(frame, sw.KpRequest):
+            kp = self._fresh_kp(src, now=now)
+            response = sw.KpResponse(frame.request_id, kp).encode()
+            self.actions.append(SendPayload(src, response, None))
+        elif isinstance(frame, sw.KpResponse):
+            self._kp_requested.pop(src, None)
+            self.learn_kp(src, frame.key_package, now=now)
+        elif isinstance(frame, sw.SessionReset):
+            self.on_reset(src, frame, now=now)
+        else:
+            self.on_connection_frame(src, frame, now=now)
+
+    def on_connection_frame(self, src: NodeAddress, frame: sw.SessionFrame, *, now: float) -> None:
+        """CONN_* frames (connection requests live in meshd/e2e/requests.py)."""
+
+    def accepts(self, src: NodeAddress, frame: sw.SessionInit) -> bool:
+        """Whether a first message from ``src`` may open a session (policy hook)."""
+        return True
+
+    def on_init(self, src: NodeAddress, frame: sw.SessionInit, *, hops: int, now: float) -> None:
+        if self._groups.get(frame.group_id) != src:
+            if frame.group_id in self._groups:  # another peer's group id: refuse
+                self.actions.append(Notice("message_undecryptable", src,
+                                           "group id of another peer", warning=True))  # fmt: skip
+                return
+            if not self.accepts(src, frame):
+                return
+            if not self.join(src, frame, now=now):
+                return
+        if frame.message:
+            self.open_app(src, frame.message, hops=hops, now=now)
+
+    def join(self, src: NodeAddress, frame: sw.SessionInit, *, now: float) -> bool:
+        """Join ``src``'s group from its Welcome; a SESSION_RESET when it cannot be used."""
+        try:
+            self.validate_member(src, now=now)
+            joined = self.engine.join_group(frame.welcome, now=now)
+        except AlreadyExists:
+            joined = None
+        except (NotFound, CryptoError, InvalidArgument, FailedPrecondition) as exc:
+            self.reset(src, frame.group_id, sw.ResetReason.KEY_PACKAGE_GONE, str(exc), now=now)
+            return False
+        if joined is not None:
+            others = {m.address for m in joined.members if m.verified} - {self.own}
+            if joined.group_id != frame.group_id or others != {src}:
+                self.engine.forget_group(joined.group_id)
+                self.actions.append(Notice("message_undecryptable", src,
+                                           "welcome is not for a 1:1 group with the sender",
+                                           warning=True))  # fmt: skip
+                return False
+        self._groups[frame.group_id] = src
+        self.tables.put_group(frame.group_id, src, now=now)
+        if self.published is not None:
+            try:
+                targets = mls_wire.welcome_targets(frame.welcome)
+            except WireError:
+                targets = []
+            if self.published.ref in targets:
+                self.published = None  # used: the node publishes a new one at its next tick
+        if joined is not None:
+            self.send_proof(src, frame.group_id)
+        current = self._sessions.get(src)
+        # Both ends may set up at once: each joins the other's group as well, and both
+        # send in the one with the lower group id (deterministic on both sides).
+        if current is None or frame.group_id < current.group_id:
+            self._set_session(SessionRow(src, frame.group_id, True, None, now))
+            self.actions.append(Notice("session_established", src, frame.group_id.hex()))
+        return True
+
+    def send_proof(self, src: NodeAddress, group_id: bytes) -> None:
+        """CONN_ACCEPT: an MLS message in the group, so the sender knows this node joined
+        (and stops attaching the Welcome)."""
+        proof = sw.Sealed(sw.SealedType.CONTROL, os.urandom(8), None).encode()
+        ciphertext = self.engine.encrypt(group_id, proof)
+        self.actions.append(SendPayload(src, sw.ConnAccept(group_id, ciphertext).encode(), None))
+
+    def validate_member(self, src: NodeAddress, *, now: float) -> None:
+        contact = self._pinned(src)
+        if contact is not None and contact.pending_exchange_key is not None:
+            raise FailedPrecondition(f"{src.text} presented a changed key: refused until "
+                                     "trusted", field="welcome")  # fmt: skip
+
+    def open_app(self, src: NodeAddress, message: bytes, *, hops: int, now: float) -> None:
+        try:
+            info = self.engine.peek(message)
+        except (MeshdError, WireError) as exc:
+            self.actions.append(Notice("message_undecryptable", src, str(exc), warning=True))
+            return
+        gid = info.group_id
+        if gid is None or self._groups.get(gid) != src:
+            if gid is not None and gid not in self._groups:
+                self.reset(src, gid, sw.ResetReason.UNKNOWN_GROUP, "unknown group", now=now)
+            else:
+                self.actions.append(Notice("message_undecryptable", src,
+                                           "not a group of this peer", warning=True))  # fmt: skip
+            return
+        try:
+            result = self.engine.process(message)
+        except MeshdError as exc:
+            self.actions.append(Notice("message_undecryptable", src, str(exc), warning=True))
+            return
+        if not isinstance(result, ApplicationMessage):
+            return  # a commit in a 1:1 group (none are sent today): state already applied
+        if result.sender.address != src:
+            self.actions.append(Notice("message_undecryptable", src,
+                                       "sealed by another member", warning=True))  # fmt: skip
+            return
+        self._confirm(src, gid)
+        try:
+            sealed = sw.decode_sealed(result.plaintext)
+        except WireError as exc:
+            self.actions.append(Notice("message_undecryptable", src, str(exc), warning=True))
+            return
+        self.on_sealed(src, gid, sealed, hops=hops, now=now)
+
+    def on_sealed(
+        self, src: NodeAddress, group_id: bytes, sealed: sw.Sealed, *, hops: int, now: float
+    ) -> None:
+        if sealed.type is sw.SealedType.APP and sealed.envelope is not None:
+            env = sealed.envelope
+            self.actions.append(Deliver(src, sealed.message_id, env.app_id, env.content, hops))
+
+    def reset(
+        self, src: NodeAddress, group_id: bytes, reason: sw.ResetReason, why: str, *, now: float
+    ) -> None:
+        last = self._resets.get(group_id)
+        if last is not None and now - last < RESET_INTERVAL_S:
+            return
+        self._resets[group_id] = now
+        kp = self._fresh_kp(src, now=now)
+        self.actions.append(Notice("session_reset_sent", src, why, warning=True))
+        self.actions.append(SendPayload(src, sw.SessionReset(reason, group_id, kp).encode(), None))
+
+    def on_reset(self, src: NodeAddress, frame: sw.SessionReset, *, now: float) -> None:
+        """The peer cannot use ``frame.group_id``: rebuild from its fresh key package and
+        re-seal what that group carried (the receiver drops duplicates by message id)."""
+        s = self._sessions.get(src)
+        if self._groups.get(frame.group_id) != src:
+            return
+        try:
+            kp = self.validate_kp(src, frame.key_package, now=now)
+        except MeshdError as exc:
+            self.actions.append(Notice("key_package_refused", src, str(exc), warning=True))
+            return
+        carried = self.tables.sealed_in_group(frame.group_id)
+        self._drop_group(frame.group_id)
+        if s is None or s.group_id != frame.group_id:
+            return  # an old group of ours: nothing more to do
+        self._sessions.pop(src, None)
+        self.tables.delete_session(src)
+        fresh = self._create(src, kp, now=now)
+        self.actions.append(Notice("session_reset", src, frame.reason.name.lower()))
+        seen: set[bytes] = set()
+        for row in carried:
+            if row.message_id in seen or now >= row.expires_at:
+                continue
+            seen.add(row.message_id)
+            content = self.tables.outgoing_content(row.message_id)
+            if content is None:
+                continue
+            carrier = os.urandom(8)
+            payload = self._seal(fresh, Envelope(*content), row.message_id, carrier, now=now,
+                                 expires_at=row.expires_at)  # fmt: skip
+            self.actions.append(SendPayload(src, payload, carrier, row.expires_at - now))
+        self.flush(src, now=now)
