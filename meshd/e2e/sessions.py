@@ -49,7 +49,8 @@ from meshd.store.sessions import PendingRow, SealedRow, SessionRow, SessionTable
 KP_ROTATE_S = 24 * 3600.0
 #: A KP_REQUEST is not repeated for a peer within this (its response is on its way).
 KP_REQUEST_INTERVAL_S = 30.0
-#: One fresh key package per requesting peer within this (bounds in-memory key packages).
+#: At most this many fresh key packages per requesting peer within KP_RESPONSE_REUSE_S.
+KP_RESPONSE_BURST = 8
 KP_RESPONSE_REUSE_S = 60.0
 #: At most one SESSION_RESET per group within this (every message in it would trigger one).
 RESET_INTERVAL_S = 10.0
@@ -137,7 +138,7 @@ class SessionManager:
         self._kp_used: set[bytes] = set()  # refs of peers' key packages we consumed
         self._kp_requested: dict[NodeAddress, float] = {}
         self._kp_waiters: dict[NodeAddress, list[Callable[[bytes], None]]] = {}
-        self._kp_for_peer: dict[NodeAddress, tuple[KeyPackage, float]] = {}
+        self._kp_for_peer: dict[NodeAddress, list[tuple[KeyPackage, float]]] = {}
         self._resets: dict[bytes, float] = {}
         self.published: KeyPackage | None = None
 
@@ -151,14 +152,16 @@ class SessionManager:
         return sw.encode_extensions({sw.EXT_KEY_PACKAGE: self.published.data})
 
     def _fresh_kp(self, peer: NodeAddress, *, now: float) -> bytes:
-        """A key package made for one peer (reused briefly: bounds in-memory keys)."""
-        got = self._kp_for_peer.get(peer)
-        if got is not None and now - got[1] < KP_RESPONSE_REUSE_S:
-            return got[0].data
+        """A new key package for one peer; past KP_RESPONSE_BURST within
+        KP_RESPONSE_REUSE_S the last one again (bounds the in-memory private keys a
+        requester can make this node hold)."""
+        made = [t for t in self._kp_for_peer.get(peer, []) if now - t[1] < KP_RESPONSE_REUSE_S]
+        if len(made) >= KP_RESPONSE_BURST:
+            return made[-1][0].data
         if len(self._kp_for_peer) >= _CACHE_MAX:
             self._kp_for_peer.clear()
         kp = self.engine.generate_key_package(now=now)
-        self._kp_for_peer[peer] = (kp, now)
+        self._kp_for_peer[peer] = [*made, (kp, now)]
         return kp.data
 
     # --- peers' key packages ------------------------------------------------------------
