@@ -33,7 +33,7 @@ def open_node(root: Path, name: str, seed: int, **kwargs: object) -> tuple[Node,
         return made
 
     node = Node.open(root / name, transports=transports, logger=make_logger(level="warning"),
-                     rng=random.Random(seed), **kwargs)  # type: ignore[arg-type]  # fmt: skip
+                     rng=random.Random(seed), **kwargs)  # fmt: skip
     return node, made[0]
 
 
