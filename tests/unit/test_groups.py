@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from meshd.crypto.identity import Identity
+from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e.group_wire import Action, GroupCommit, GroupData, Role
+from meshd.e2e.groups import GroupManager
 from meshd.e2e.groups_events import (
     EpochAdvanced,
     ForkResolved,
     GroupConfig,
     GroupJoined,
     GroupLeft,
+    GroupMessage,
     GroupRemoved,
     MemberAdded,
     MemberRemoved,
@@ -53,7 +57,9 @@ def test_five_members_one_ciphertext_fanned_out(net: Net) -> None:
     net.run(3.0)
     for n in "abde":
         assert net.peers[n].messages(gid) == [("chat", b"hi all")]
-        got = [e for e in net.peers[n].events if getattr(e, "message_id", None) == mid]
+        got = [
+            e for e in net.peers[n].events if isinstance(e, GroupMessage) and e.message_id == mid
+        ]
         assert got and got[0].sender == net.peers["c"].address
     assert len(net.tips(gid, "abcde")) == 1 and len(net.secrets(gid, "abcde")) == 1
 
@@ -246,8 +252,6 @@ def test_state_survives_restart_of_manager_and_engine(net: Net) -> None:
     blob = c.mgr.state(gid).to_bytes()
     assert GroupState.from_bytes(blob).to_bytes() == blob
     c.engine.close()
-    from meshd.crypto.mls.mlsrs import MlsRsEngine
-    from meshd.e2e.groups import GroupManager
 
     c.engine = MlsRsEngine(net.root / "c", c.identity)
     c.mgr = GroupManager(
@@ -274,3 +278,35 @@ def test_commit_replay_and_bad_payloads_are_refused(net: Net) -> None:
         "bad signature on the group commit"
     ]
     assert isinstance(b.mgr.receive(a.address, second, now=net.now).events[-1], EpochAdvanced)
+
+
+def test_256_member_group_add_and_fan_out(tmp_path: Path) -> None:
+    net = Net(tmp_path, seed=11, loss=0.0, dup=0.0)
+    for name in "abcf":
+        net.add(name)
+    a = net.peers["a"]
+    gid, output = a.mgr.create("big", now=net.now)
+    net.out(a, output)
+    others = []
+    for i in range(252):  # members that never come online: key packages only
+        extra = MlsRsEngine(tmp_path / f"x{i}", Identity.generate())
+        others.append(extra.generate_key_package(now=net.now).data)
+        extra.close()
+    invitees = [(net.kp(n), Role.MEMBER) for n in "bc"] + [(kp, Role.MEMBER) for kp in others]
+    net.out(a, a.mgr.invite(gid, invitees, now=net.now))
+    net.run(3.0)
+    assert len(a.mgr.state(gid).members()) == 255
+    assert len(net.tips(gid, "abc")) == 1
+    output = a.mgr.invite(gid, [(net.kp("f"), Role.MEMBER)], now=net.now)
+    welcome_parts = [p for d, p in output.sends if d == net.peers["f"].address]
+    assert len(welcome_parts) == 2 and all(p[0] == 0x2F for p in welcome_parts)  # fragmented
+    net.out(a, output)
+    net.run(3.0)
+    assert len(a.mgr.state(gid).members()) == 256
+    assert len(net.tips(gid, "abcf")) == 1
+    _, output = net.peers["f"].mgr.send(gid, "chat", b"hello 256", now=net.now)
+    assert len(output.sends) == 255 and len({p for _, p in output.sends}) == 1
+    net.out(net.peers["f"], output)
+    net.run(2.0)
+    assert net.peers["b"].texts(gid) == [b"hello 256"] == net.peers["c"].texts(gid)
+    net.close()
