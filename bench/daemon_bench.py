@@ -6,8 +6,9 @@ Measures, in one run:
 - the ceiling: a bare grpc.aio echo server on a Unix socket (separate process), 1 KiB
   unary calls, sequential and 8 concurrent;
 - two daemons on loopback (``--listen``/``--peer 127.0.0.1``, ``--no-discovery``):
-  end-to-end throughput (sent through a's API by several concurrent callers, counted when
-  delivered on b's Subscribe stream), latency at low load over 1 hop (send → b's
+  end-to-end throughput (sent through a's API by several concurrent unary callers, and
+  again on one SendMessages stream, counted when delivered on b's Subscribe stream),
+  latency at low load over 1 hop (send → b's
   message_received event) and the sender's DELIVERED event latency over 1 hop, idle RSS,
   start → READY (first start, which creates the identity, and a restart);
 - latency over 3 hops in network namespaces (a-b-c-d, discovery, no forwarding) when run
@@ -237,6 +238,39 @@ async def throughput(
     }
 
 
+async def throughput_stream(
+    src: grpc.aio.Channel, dst: grpc.aio.Channel, total: int, *, seq0: int
+) -> dict[str, float]:
+    """As ``throughput``, with every message on one SendMessages stream (many in flight)."""
+    dst_addr = await _address(dst)
+    rx = _Stream(dst)
+    rx.count_from = seq0
+    await asyncio.sleep(0.2)
+
+    async def requests() -> Any:
+        for seq in range(seq0, seq0 + total):
+            yield mpb.SendMessageRequest(dst=dst_addr, payload=_payload(seq))
+
+    try:
+        t0 = time.perf_counter()
+        refused = 0
+        async for resp in mgrpc.MessagingServiceStub(src).SendMessages(requests(), metadata=APP):
+            refused += bool(resp.error_code)
+        accepted_s = time.perf_counter() - t0
+        if refused:
+            raise RuntimeError(f"SendMessages refused {refused} of {total} messages")
+        await rx.until(lambda: rx.counted >= total, 120)
+        delivered_s = max(rx.received[s] for s in range(seq0, seq0 + total)) - t0
+    finally:
+        await rx.close()
+    return {
+        "messages": total,
+        "streams": 1,
+        "accepted_per_s": round(total / accepted_s),
+        "delivered_per_s": round(total / delivered_s),
+    }
+
+
 async def _wait_neighbour(channel: grpc.aio.Channel, within: float) -> None:
     stub = ngrpc.NodeServiceStub(channel)
     deadline = time.monotonic() + within
@@ -294,6 +328,14 @@ async def loopback(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             # moves +-30 % with the other load; this much less) and says which daemon
             # bounds the rate.
             out["throughput"]["cpu_ms_per_msg"] = {
+                name: round((_cpu_seconds(d.pid) - c) * 1e3 / args.messages, 3)
+                for name, d, c in (("a", a, cpu0[0]), ("b", b, cpu0[1]))
+            }
+            cpu0 = (_cpu_seconds(a.pid), _cpu_seconds(b.pid))
+            out["throughput_stream"] = await throughput_stream(
+                ca, cb, args.messages, seq0=2 * 10**6
+            )
+            out["throughput_stream"]["cpu_ms_per_msg"] = {
                 name: round((_cpu_seconds(d.pid) - c) * 1e3 / args.messages, 3)
                 for name, d, c in (("a", a, cpu0[0]), ("b", b, cpu0[1]))
             }
@@ -365,6 +407,8 @@ def _get(result: dict[str, Any], *keys: str) -> Any:
 TARGETS: list[tuple[str, tuple[str, ...], float, bool]] = [
     ("throughput_msg_per_s", ("loopback", "throughput", "delivered_per_s"), 1500, True),
     ("throughput_vs_ceiling_8_concurrent", ("derived", "throughput_vs_ceiling"), 0.25, True),
+    ("stream_msg_per_s", ("loopback", "throughput_stream", "delivered_per_s"), 1500, True),
+    ("throughput_stream_vs_ceiling", ("derived", "stream_vs_ceiling"), 0.25, True),
     ("latency_p50_ms_1hop", ("loopback", "latency_1hop_ms", "p50"), 5, False),
     ("latency_p50_ms_per_hop_3hops", ("three_hops", "per_hop_p50_ms"), 5, False),
     ("delivered_event_p50_ms_1hop", ("loopback", "delivered_event_1hop_ms", "p50"), 10, False),
@@ -377,8 +421,14 @@ def checks(result: dict[str, Any]) -> dict[str, Any]:
     """Each figure against its target; a figure the run could not measure is ``missing``."""
     tput = _get(result, "loopback", "throughput", "delivered_per_s")
     ceiling_rate = _get(result, "ceiling", "unary_8_concurrent_per_s")
+    stream = _get(result, "loopback", "throughput_stream", "delivered_per_s")
+    derived: dict[str, float] = {}
     if tput is not None and ceiling_rate:
-        result["derived"] = {"throughput_vs_ceiling": round(tput / ceiling_rate, 3)}
+        derived["throughput_vs_ceiling"] = round(tput / ceiling_rate, 3)
+    if stream is not None and ceiling_rate:
+        derived["stream_vs_ceiling"] = round(stream / ceiling_rate, 3)
+    if derived:
+        result["derived"] = derived
     out: dict[str, Any] = {}
     for name, path, target, higher in TARGETS:
         value = _get(result, *path)

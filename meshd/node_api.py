@@ -8,12 +8,13 @@ under test).
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from meshd.address import NodeAddress
 from meshd.crypto.tofu import Contact
+from meshd.errors import MeshdError
 from meshd.router.events import DeliveryState
 from meshd.router.types import NeighbourInfo, RouteInfo
 from meshd.transports.base import TransportStatus
@@ -110,6 +111,15 @@ class NodeApi(Protocol):
         self, caller: Caller, dst: NodeAddress, payload: bytes, *, lifetime_s: float | None
     ) -> MessageRecord:
         """Persist (durably) then queue; returns once a kill -9 can no longer lose it."""
+        ...
+
+    def send_messages(
+        self,
+        caller: Caller,
+        items: AsyncIterable[tuple[NodeAddress, bytes, float | None] | MeshdError],
+    ) -> AsyncIterator[MessageRecord | MeshdError]:
+        """``send_message`` for each (dst, payload, lifetime_s), many in flight; one
+        result per item, in order (a refused item yields its error)."""
         ...
 
     def get_message(self, caller: Caller, message_id: bytes) -> MessageRecord: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from meshd.address import NodeAddress
@@ -19,6 +19,7 @@ from meshd.errors import InvalidArgument, MeshdError, NotFound, PermissionDenied
 from meshd.node_api import AppEvent, Caller, MessageRecord
 from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.e2e_bodies import MAX_PAYLOAD_LEN
+from meshd.sendstream import pipelined
 from meshd.sendwindow import SendWindow
 from meshd.store import Store
 
@@ -139,6 +140,22 @@ class AppMessages:
                 "message_queued", message_id=message_id.hex(), peer=dst.short, app=app_id
             )
         return record
+
+    def send_messages(
+        self,
+        caller: Caller,
+        items: AsyncIterable[tuple[NodeAddress, bytes, float | None] | MeshdError],
+    ) -> AsyncIterator[MessageRecord | MeshdError]:
+        """``send_message`` per (dst, payload, lifetime_s) item, many in flight (the
+        SendMessages stream); results in item order, a refused item's error in its place.
+        Many sends share each group commit and its fsync; each result, like
+        ``send_message``'s return, comes once that message is durable."""
+
+        def one(item: tuple[NodeAddress, bytes, float | None]) -> Awaitable[MessageRecord]:
+            dst, payload, lifetime_s = item
+            return self.send_message(caller, dst, payload, lifetime_s=lifetime_s)
+
+        return pipelined(items, one)
 
     def _default_lifetime(self) -> float:
         return (self._core_config or CoreConfig()).message_lifetime

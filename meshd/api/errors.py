@@ -32,7 +32,7 @@ def status_detail(error: MeshdError) -> str:
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every unary and server-streaming handler with the error mapping."""
+    """Wraps every unary, server-streaming and bidi handler with the error mapping."""
 
     def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
         self._log = log
@@ -75,7 +75,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # client/bidi streaming: meshd defines none yet
+        if handler.stream_stream is not None:  # SendMessages: same mapping as a stream
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client streaming: meshd defines none yet
 
     def _wrap_unary(
         self, method: str, behaviour: Callable[[Any, Any], Awaitable[Any]]

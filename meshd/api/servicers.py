@@ -13,11 +13,13 @@ from typing import Any
 from meshd.address import NodeAddress
 from meshd.api import convert
 from meshd.api.caller import CallerResolver
+from meshd.api.errors import status_code, status_detail
 from meshd.api.v1 import messaging_pb2 as mpb
 from meshd.api.v1 import messaging_pb2_grpc as mgrpc
 from meshd.api.v1 import node_pb2 as npb
 from meshd.api.v1 import node_pb2_grpc as ngrpc
-from meshd.node_api import NodeApi
+from meshd.errors import MeshdError
+from meshd.node_api import MessageRecord, NodeApi
 
 _DST_CACHE = 1024
 
@@ -74,24 +76,46 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
         for task in list(self._streams):
             task.cancel()
 
+    def _dst(self, text: str) -> NodeAddress:
+        dst = self._dsts.get(text)
+        if dst is None:
+            dst = convert.parse_address(text, field="dst")  # raises on bad input
+            if len(self._dsts) >= _DST_CACHE:
+                self._dsts.clear()
+            self._dsts[text] = dst
+        return dst
+
     async def SendMessage(
         self, request: mpb.SendMessageRequest, context: Any
     ) -> mpb.SendMessageResponse:
         caller = self._callers.caller(context)
-        dst = self._dsts.get(request.dst)
-        if dst is None:
-            dst = convert.parse_address(request.dst, field="dst")  # raises on bad input
-            if len(self._dsts) >= _DST_CACHE:
-                self._dsts.clear()
-            self._dsts[request.dst] = dst
+        dst = self._dst(request.dst)
         lifetime = convert.lifetime_seconds(request)
         record = await self._node.send_message(caller, dst, request.payload, lifetime_s=lifetime)
-        return mpb.SendMessageResponse(
-            message_id=record.message_id.hex(),
-            state=convert.delivery_state(record.state),
-            created_at=convert.timestamp(record.created_at),
-            cursor=record.cursor or 0,
-        )
+        return _sent(record)
+
+    async def SendMessages(
+        self, requests: AsyncIterator[mpb.SendMessageRequest], context: Any
+    ) -> AsyncIterator[mpb.SendMessageResponse]:
+        caller = self._callers.caller(context)
+
+        async def items() -> AsyncIterator[tuple[NodeAddress, bytes, float | None] | MeshdError]:
+            async for request in requests:
+                try:
+                    dst = self._dst(request.dst)
+                    lifetime = convert.lifetime_seconds(request)
+                except MeshdError as exc:  # this item is refused, the stream goes on
+                    yield exc
+                    continue
+                yield dst, request.payload, lifetime
+
+        async for result in self._node.send_messages(caller, items()):
+            if isinstance(result, MeshdError):
+                yield mpb.SendMessageResponse(
+                    error_code=status_code(result).name, error_detail=status_detail(result)
+                )
+            else:
+                yield _sent(result)
 
     async def GetMessage(self, request: mpb.GetMessageRequest, context: Any) -> mpb.Message:
         caller = self._callers.caller(context)
@@ -139,3 +163,12 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+
+def _sent(record: MessageRecord) -> mpb.SendMessageResponse:
+    return mpb.SendMessageResponse(
+        message_id=record.message_id.hex(),
+        state=convert.delivery_state(record.state),
+        created_at=convert.timestamp(record.created_at),
+        cursor=record.cursor or 0,
+    )

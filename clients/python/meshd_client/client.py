@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 
 import grpc
@@ -52,6 +52,14 @@ def default_socket_path(env: Mapping[str, str] | None = None, uid: int | None = 
 
 def _translate(exc: grpc.aio.AioRpcError) -> MeshClientError:
     return MeshClientError(exc.details() or exc.code().name, code=exc.code().name)
+
+
+def _request(dst: str, payload: bytes | str, lifetime: float | None) -> mpb.SendMessageRequest:
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    req = mpb.SendMessageRequest(dst=dst, payload=data)
+    if lifetime is not None:
+        req.lifetime.CopyFrom(Duration(seconds=int(lifetime), nanos=int(lifetime % 1 * 1e9)))
+    return req
 
 
 class MeshClient:
@@ -115,10 +123,7 @@ class MeshClient:
     async def send_detailed(
         self, dst: str, payload: bytes | str, *, lifetime: float | None = None
     ) -> mpb.SendMessageResponse:
-        data = payload.encode("utf-8") if isinstance(payload, str) else payload
-        req = mpb.SendMessageRequest(dst=dst, payload=data)
-        if lifetime is not None:
-            req.lifetime.CopyFrom(Duration(seconds=int(lifetime), nanos=int(lifetime % 1 * 1e9)))
+        req = _request(dst, payload, lifetime)
         try:
             resp: mpb.SendMessageResponse = await self.messaging.SendMessage(
                 req, metadata=self._metadata
@@ -126,6 +131,36 @@ class MeshClient:
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from None
         return resp
+
+    async def send_many(
+        self,
+        messages: Iterable[tuple[str, bytes | str]] | AsyncIterable[tuple[str, bytes | str]],
+        *,
+        lifetime: float | None = None,
+    ) -> list[mpb.SendMessageResponse]:
+        """Queue many (dst, payload) messages on one SendMessages stream, many in flight.
+
+        One response per message, in order, each once meshd stored it durably. A message
+        meshd refused has ``error_code`` (gRPC status name) and ``error_detail`` set and
+        no ``message_id``; the others are queued regardless.
+        """
+
+        async def requests() -> AsyncIterator[mpb.SendMessageRequest]:
+            if isinstance(messages, AsyncIterable):
+                async for dst, payload in messages:
+                    yield _request(dst, payload, lifetime)
+            else:
+                for dst, payload in messages:
+                    yield _request(dst, payload, lifetime)
+
+        responses: list[mpb.SendMessageResponse] = []
+        try:
+            call = self.messaging.SendMessages(requests(), metadata=self._metadata)
+            async for resp in call:
+                responses.append(resp)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+        return responses
 
     async def get_message(self, message_id: str) -> mpb.Message:
         try:

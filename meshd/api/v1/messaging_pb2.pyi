@@ -114,6 +114,8 @@ class SendMessageResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_DETAIL_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Hex."""
     state: Global___DeliveryState.ValueType
@@ -121,6 +123,12 @@ class SendMessageResponse(_message.Message):
     """Event-log cursor that recorded the message (0 when unknown): Subscribe with
     after_cursor = cursor - 1 sees every later state change of it and nothing older.
     """
+    error_code: _builtins.str
+    """SendMessages only, when this message was refused: the gRPC status code name that
+    SendMessage would have ended with (e.g. "INVALID_ARGUMENT") and its detail; the
+    fields above are then unset. Empty on success and in SendMessage.
+    """
+    error_detail: _builtins.str
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -130,10 +138,12 @@ class SendMessageResponse(_message.Message):
         state: Global___DeliveryState.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         cursor: _builtins.int = ...,
+        error_code: _builtins.str = ...,
+        error_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cursor", b"cursor", "message_id", b"message_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cursor", b"cursor", "error_code", b"error_code", "error_detail", b"error_detail", "message_id", b"message_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,6 +41,11 @@ class MessagingServiceStub:
                 request_serializer=meshd_dot_v1_dot_messaging__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=meshd_dot_v1_dot_messaging__pb2.SendMessageResponse.FromString,
                 _registered_method=True)
+        self.SendMessages = channel.stream_stream(
+                '/meshd.v1.MessagingService/SendMessages',
+                request_serializer=meshd_dot_v1_dot_messaging__pb2.SendMessageRequest.SerializeToString,
+                response_deserializer=meshd_dot_v1_dot_messaging__pb2.SendMessageResponse.FromString,
+                _registered_method=True)
         self.GetMessage = channel.unary_unary(
                 '/meshd.v1.MessagingService/GetMessage',
                 request_serializer=meshd_dot_v1_dot_messaging__pb2.GetMessageRequest.SerializeToString,
@@ -65,6 +70,16 @@ class MessagingServiceServicer:
 
     def SendMessage(self, request, context):
         """Returns once the message is stored durably (a crash can no longer lose it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendMessages(self, request_iterator, context):
+        """SendMessage for many messages on one call: one response per request, in request
+        order, each sent once that message is stored durably (as SendMessage returns). Many
+        are in flight at once, so a client may stream requests without waiting. A refused
+        message gets a response with `error_code` set and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +111,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SendMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.SendMessage,
+                    request_deserializer=meshd_dot_v1_dot_messaging__pb2.SendMessageRequest.FromString,
+                    response_serializer=meshd_dot_v1_dot_messaging__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'SendMessages': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendMessages,
                     request_deserializer=meshd_dot_v1_dot_messaging__pb2.SendMessageRequest.FromString,
                     response_serializer=meshd_dot_v1_dot_messaging__pb2.SendMessageResponse.SerializeToString,
             ),
@@ -142,6 +162,33 @@ class MessagingService:
             request,
             target,
             '/meshd.v1.MessagingService/SendMessage',
+            meshd_dot_v1_dot_messaging__pb2.SendMessageRequest.SerializeToString,
+            meshd_dot_v1_dot_messaging__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessages(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/meshd.v1.MessagingService/SendMessages',
             meshd_dot_v1_dot_messaging__pb2.SendMessageRequest.SerializeToString,
             meshd_dot_v1_dot_messaging__pb2.SendMessageResponse.FromString,
             options,

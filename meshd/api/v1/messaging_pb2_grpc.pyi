@@ -40,6 +40,12 @@ class MessagingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MessagingServiceAsyncStub: ...
     SendMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]
     """Returns once the message is stored durably (a crash can no longer lose it)."""
+    SendMessages: _grpc.StreamStreamMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]
+    """SendMessage for many messages on one call: one response per request, in request
+    order, each sent once that message is stored durably (as SendMessage returns). Many
+    are in flight at once, so a client may stream requests without waiting. A refused
+    message gets a response with `error_code` set and the stream goes on.
+    """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.GetMessageRequest, _messaging_pb2.Message]
     ListHistory: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListHistoryRequest, _messaging_pb2.ListHistoryResponse]
     """Newest first."""
@@ -57,6 +63,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SendMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Returns once the message is stored durably (a crash can no longer lose it)."""
+    SendMessages: _aio.StreamStreamMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]  # type: ignore[assignment]
+    """SendMessage for many messages on one call: one response per request, in request
+    order, each sent once that message is stored durably (as SendMessage returns). Many
+    are in flight at once, so a client may stream requests without waiting. A refused
+    message gets a response with `error_code` set and the stream goes on.
+    """
     GetMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.GetMessageRequest, _messaging_pb2.Message]  # type: ignore[assignment]
     ListHistory: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListHistoryRequest, _messaging_pb2.ListHistoryResponse]  # type: ignore[assignment]
     """Newest first."""
@@ -77,6 +89,18 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.SendMessageResponse, _abc.Awaitable[_messaging_pb2.SendMessageResponse]]:
         """Returns once the message is stored durably (a crash can no longer lose it)."""
+
+    @_abc_1.abstractmethod
+    def SendMessages(
+        self,
+        request_iterator: _MaybeAsyncIterator[_messaging_pb2.SendMessageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messaging_pb2.SendMessageResponse], _abc.AsyncIterator[_messaging_pb2.SendMessageResponse]]:
+        """SendMessage for many messages on one call: one response per request, in request
+        order, each sent once that message is stored durably (as SendMessage returns). Many
+        are in flight at once, so a client may stream requests without waiting. A refused
+        message gets a response with `error_code` set and the stream goes on.
+        """
 
     @_abc_1.abstractmethod
     def GetMessage(
