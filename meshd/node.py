@@ -29,6 +29,7 @@ import structlog
 from meshd import __version__
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity
+from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e.kinds import PayloadFamily, family_of
 from meshd.e2e.requests import AcceptFrom
 from meshd.envelope import decode_envelope
@@ -211,6 +212,9 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         self._core = MeshCore(self.identity, now=now, rng=self._rng, config=self._core_config)
         self._restore_outbox(now)
         self._sessions_start(now)
+        if isinstance(self._mls, MlsRsEngine):
+            # Application-message ratchets are persisted by the pump's flush (see _pump).
+            self._mls.write_behind = True
         self._groups_start(now)
         if self._battery is not None:
             self._core.set_battery(self._battery, charging=False, now=now)
@@ -396,6 +400,13 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             return
         waiters, self._commit_waiters = self._commit_waiters, []
         try:
+            # MLS write-behind: the ratchet state behind every ciphertext sealed (and every
+            # message opened) since the last pass is saved first; the frames carrying those
+            # ciphertexts leave only after the commit below, so none leaves before its
+            # state (meshd/crypto/mls/mlsrs.py). A failed flush holds the frames like a
+            # failed commit.
+            if self._mls is not None:
+                self._mls.flush()
             self.store.commit()
         except StoreError as exc:
             # Nothing reached disk: hold the frames back (an ACK must not outrun its
