@@ -295,10 +295,12 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             for r in rows
         ]
         # Payloads as sealed by the session layer (the store keeps the app's plaintext).
-        entries = self._sessions_restore(entries, offset)
+        # (messages not sealed yet wait in the session layer for the peer's key package)
+        sealed = self._sessions_restore(entries, offset)
+        if sealed:
+            self.core.restore(sealed, now=now)
         if entries:
-            self.core.restore(entries, now=now)
-            self.log.info("outbox_restored", messages=len(entries))
+            self.log.info("outbox_restored", messages=len(entries), sealed=len(sealed))
 
     def _integrity_checked(self, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
