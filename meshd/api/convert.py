@@ -195,6 +195,18 @@ def message(m: MessageRecord) -> mpb.Message:
     return msg
 
 
+_SESSION_EVENTS = {
+    AppEventKind.CONNECTION_REQUEST: mpb.SESSION_EVENT_KIND_CONNECTION_REQUEST,
+    AppEventKind.CONNECTION_ACCEPTED: mpb.SESSION_EVENT_KIND_CONNECTION_ACCEPTED,
+    AppEventKind.CONNECTION_REJECTED: mpb.SESSION_EVENT_KIND_CONNECTION_REJECTED,
+    AppEventKind.CONNECTION_CANCELLED: mpb.SESSION_EVENT_KIND_CONNECTION_CANCELLED,
+    AppEventKind.CONNECTION_EXPIRED: mpb.SESSION_EVENT_KIND_CONNECTION_EXPIRED,
+    AppEventKind.SESSION_ESTABLISHED: mpb.SESSION_EVENT_KIND_SESSION_ESTABLISHED,
+    AppEventKind.MESSAGE_UNDECRYPTABLE: mpb.SESSION_EVENT_KIND_MESSAGE_UNDECRYPTABLE,
+    AppEventKind.PLAINTEXT_REFUSED: mpb.SESSION_EVENT_KIND_PLAINTEXT_REFUSED,
+}
+
+
 def event(e: AppEvent) -> mpb.Event:
     out = mpb.Event(cursor=e.cursor, at=timestamp(e.at))
     peer = address_text(e.peer) if e.peer is not None else ""
@@ -223,4 +235,7 @@ def event(e: AppEvent) -> mpb.Event:
     elif e.kind is AppEventKind.KEY_CHANGED:
         out.key_changed.peer, out.key_changed.detail = peer, e.detail
         out.key_changed.SetInParent()
+    elif e.kind in _SESSION_EVENTS:
+        out.session.kind, out.session.peer = _SESSION_EVENTS[e.kind], peer
+        out.session.detail = e.detail
     return out

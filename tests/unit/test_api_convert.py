@@ -127,7 +127,10 @@ def test_event_conversion_covers_every_kind() -> None:
             6, AppEventKind.KEY_CHANGED, 15.0, peer=A, detail="exchange key changed"
         ),
     }
-    assert set(cases) == set(AppEventKind)
+    # The 1:1 session events all map to the one `session` oneof (checked in
+    # test_session_events_convert below).
+    session_kinds = {k for k in AppEventKind if k.value in convert_session_values()}
+    assert set(cases) | session_kinds == set(AppEventKind)
     out = {kind: convert.event(ev) for kind, ev in cases.items()}
     assert [e.WhichOneof("kind") for e in out.values()] == [
         "message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed",
@@ -150,3 +153,15 @@ def test_address_text_cache_names_each_address_right() -> None:
     addresses = [NodeAddress(bytes([i]) * 16) for i in range(40)]
     for address in addresses + addresses[::-1]:  # second pass: from the cache
         assert convert.address_text(address) == address.text
+
+
+def convert_session_values() -> set[str]:
+    return {k.value for k in convert._SESSION_EVENTS}
+
+
+def test_session_events_convert() -> None:
+    for i, kind in enumerate(convert._SESSION_EVENTS, start=1):
+        out = convert.event(AppEvent(i, kind, 20.0, peer=A, detail="incoming"))
+        assert out.WhichOneof("kind") == "session"
+        assert (out.session.peer, out.session.detail) == (A.text, "incoming")
+        assert mpb.SessionEventKind.Name(out.session.kind).endswith(kind.name)

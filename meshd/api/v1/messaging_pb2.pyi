@@ -77,6 +77,41 @@ DIRECTION_OUTGOING: Direction.ValueType  # 1
 DIRECTION_INCOMING: Direction.ValueType  # 2
 Global___Direction: _TypeAlias = Direction  # noqa: Y015
 
+class _SessionEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SessionEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SESSION_EVENT_KIND_UNSPECIFIED: _SessionEventKind.ValueType  # 0
+    SESSION_EVENT_KIND_CONNECTION_REQUEST: _SessionEventKind.ValueType  # 1
+    """detail: incoming | outgoing"""
+    SESSION_EVENT_KIND_CONNECTION_ACCEPTED: _SessionEventKind.ValueType  # 2
+    SESSION_EVENT_KIND_CONNECTION_REJECTED: _SessionEventKind.ValueType  # 3
+    SESSION_EVENT_KIND_CONNECTION_CANCELLED: _SessionEventKind.ValueType  # 4
+    SESSION_EVENT_KIND_CONNECTION_EXPIRED: _SessionEventKind.ValueType  # 5
+    SESSION_EVENT_KIND_SESSION_ESTABLISHED: _SessionEventKind.ValueType  # 6
+    SESSION_EVENT_KIND_MESSAGE_UNDECRYPTABLE: _SessionEventKind.ValueType  # 7
+    """A session message from the peer was refused (tampered, replayed, malformed)."""
+    SESSION_EVENT_KIND_PLAINTEXT_REFUSED: _SessionEventKind.ValueType  # 8
+    """An unencrypted (meshd 0.1) message from the peer was dropped."""
+
+class SessionEventKind(_SessionEventKind, metaclass=_SessionEventKindEnumTypeWrapper): ...
+
+SESSION_EVENT_KIND_UNSPECIFIED: SessionEventKind.ValueType  # 0
+SESSION_EVENT_KIND_CONNECTION_REQUEST: SessionEventKind.ValueType  # 1
+"""detail: incoming | outgoing"""
+SESSION_EVENT_KIND_CONNECTION_ACCEPTED: SessionEventKind.ValueType  # 2
+SESSION_EVENT_KIND_CONNECTION_REJECTED: SessionEventKind.ValueType  # 3
+SESSION_EVENT_KIND_CONNECTION_CANCELLED: SessionEventKind.ValueType  # 4
+SESSION_EVENT_KIND_CONNECTION_EXPIRED: SessionEventKind.ValueType  # 5
+SESSION_EVENT_KIND_SESSION_ESTABLISHED: SessionEventKind.ValueType  # 6
+SESSION_EVENT_KIND_MESSAGE_UNDECRYPTABLE: SessionEventKind.ValueType  # 7
+"""A session message from the peer was refused (tampered, replayed, malformed)."""
+SESSION_EVENT_KIND_PLAINTEXT_REFUSED: SessionEventKind.ValueType  # 8
+"""An unencrypted (meshd 0.1) message from the peer was dropped."""
+Global___SessionEventKind: _TypeAlias = SessionEventKind  # noqa: Y015
+
 @_typing.final
 class SendMessageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -307,6 +342,7 @@ class Event(_message.Message):
     NEIGHBOUR_DOWN_FIELD_NUMBER: _builtins.int
     PATH_CHANGED_FIELD_NUMBER: _builtins.int
     KEY_CHANGED_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Strictly increasing per node; pass the last one seen back as `after_cursor`."""
     @_builtins.property
@@ -323,6 +359,8 @@ class Event(_message.Message):
     def path_changed(self) -> Global___PathChanged: ...
     @_builtins.property
     def key_changed(self) -> Global___KeyChanged: ...
+    @_builtins.property
+    def session(self) -> Global___SessionEvent: ...
     def __init__(
         self,
         *,
@@ -334,16 +372,44 @@ class Event(_message.Message):
         neighbour_down: Global___NeighbourChanged | None = ...,
         path_changed: Global___PathChanged | None = ...,
         key_changed: Global___KeyChanged | None = ...,
+        session: Global___SessionEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cursor", b"cursor", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cursor", b"cursor", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed", "key_changed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed", "key_changed", "session"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class SessionEvent(_message.Message):
+    """1:1 end-to-end sessions and connection requests (sessions.proto)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: Global___SessionEventKind.ValueType
+    peer: _builtins.str
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___SessionEventKind.ValueType = ...,
+        peer: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
 
 @_typing.final
 class MessageReceived(_message.Message):
