@@ -81,6 +81,14 @@ class AppEventKind(enum.Enum):
     SESSION_ESTABLISHED = "session_established"
     MESSAGE_UNDECRYPTABLE = "message_undecryptable"
     PLAINTEXT_REFUSED = "plaintext_refused"
+    # MLS groups (meshd/node_groups.py); ``detail`` starts with "group=<hex id>".
+    GROUP_CREATED = "group_created"
+    GROUP_JOINED = "group_joined"
+    GROUP_MEMBER_ADDED = "group_member_added"
+    GROUP_MEMBER_REMOVED = "group_member_removed"
+    GROUP_ROLE_CHANGED = "group_role_changed"
+    GROUP_LEFT = "group_left"
+    GROUP_REMOVED = "group_removed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,28 +1,301 @@
 """The node's group half: MLS groups, rosters and roles, fan-out, commits, catch-up.
 
 ``meshd.node.Node`` inherits this mixin; the node calls the ``_groups_*`` hooks from its
-lifecycle. Payload kinds 0x20..0x2F (``meshd.e2e.kinds``) land here.
+lifecycle. Payload kinds 0x20..0x2F (``meshd.e2e.kinds``) land here. The protocol is the
+sans-IO ``meshd.e2e.groups.GroupManager`` (docs/groups.md); this module carries out its
+output (mesh sends, persistence, history and events) and runs its timer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from meshd.address import NodeAddress
+from meshd.crypto.identity import Identity
+from meshd.crypto.mls.engine import MlsEngine
+from meshd.e2e.group_wire import Role
+from meshd.e2e.groups import GroupManager
+from meshd.e2e.groups_events import (
+    EpochAdvanced,
+    ForkResolved,
+    GroupConfig,
+    GroupCreated,
+    GroupEvent,
+    GroupJoined,
+    GroupLeft,
+    GroupMessage,
+    GroupRemoved,
+    KeyPackageNeeded,
+    MemberAdded,
+    MemberRemoved,
+    Output,
+    PayloadRefused,
+    RoleChanged,
+)
+from meshd.envelope import validate_app_id
+from meshd.errors import InvalidArgument, MeshdError, Unavailable
+from meshd.node_api import AppEventKind, Caller
 from meshd.router.events import MessageReceived
+from meshd.store import Store
+from meshd.store.groups import GroupMessageRow, GroupTables
+
+if TYPE_CHECKING:
+    from meshd.router.core import MeshCore
+
+GROUP_TICK_S = 5.0
+KEY_PACKAGE_TIMEOUT_S = 30.0
+MAX_GROUP_MESSAGE = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    group_id: bytes
+    name: str
+    epoch: int
+    members: int
+    role: Role
+    admins: tuple[NodeAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMemberInfo:
+    address: NodeAddress
+    role: Role
 
 
 class GroupMessages:
-    """Mixin for ``Node``: groups (filled in by the group layer)."""
+    """Mixin for ``Node``: MLS groups."""
 
     log: Any
+    identity: Identity
+    store: Store
+    _loop: asyncio.AbstractEventLoop | None
+
+    if TYPE_CHECKING:
+
+        @property
+        def core(self) -> MeshCore: ...
+
+        @property
+        def mls(self) -> MlsEngine: ...
+
+        def _now(self) -> float: ...
+
+        def _schedule_pump(self) -> None: ...
+
+        async def _durable(self) -> None: ...
+
+        def _authorize(self, caller: Caller) -> str: ...
+
+        async def key_package_for(self, address: NodeAddress, *, timeout: float) -> bytes: ...  # noqa: ASYNC109
+
+    _gm: GroupManager | None = None
+    _gm_tables: GroupTables | None = None
+    _gm_timer: asyncio.TimerHandle | None = None
+    group_config: GroupConfig | None = None
+
+    @property
+    def groups_manager(self) -> GroupManager:
+        if self._gm is None:
+            raise Unavailable("the node is not started")
+        return self._gm
 
     def _groups_start(self, now: float) -> None:
-        """Called by ``Node.start`` once the core exists, before transports start."""
+        """Called by ``Node.start`` once the core and the MLS engine exist."""
+        tables = self._gm_tables = GroupTables(self.store)
+        states, bad = tables.states()
+        for line in bad:  # left in the database for the operator
+            self.log.error("group_state_unreadable", detail=line)
+        self._gm = GroupManager(self.mls, self.identity, config=self.group_config, states=states)
+        self._gm_tasks: set[asyncio.Task[None]] = set()
+        assert self._loop is not None
+        self._gm_timer = self._loop.call_later(GROUP_TICK_S, self._groups_tick)
 
     def _groups_stop(self) -> None:
         """Called by ``Node.stop`` before the store closes."""
+        if self._gm_timer is not None:
+            self._gm_timer.cancel()
+            self._gm_timer = None
+        for task in getattr(self, "_gm_tasks", ()):
+            task.cancel()
+        self._gm = None
+
+    def _groups_tick(self) -> None:
+        assert self._loop is not None
+        if self._gm is None:
+            return
+        try:
+            self._groups_apply(self._gm.tick(now=time.time()), time.time())
+        except MeshdError as exc:
+            self.log.error("group_tick_failed", error=str(exc))
+        self._gm_timer = self._loop.call_later(GROUP_TICK_S, self._groups_tick)
 
     def _group_payload(self, event: MessageReceived, wall: float) -> None:
-        self.log.warning(
-            "e2e_payload_unsupported", peer=event.src.short, kind=event.payload[0], layer="group"
+        if self._gm is None:
+            return
+        self._groups_apply(self._gm.receive(event.src, event.payload, now=wall), wall)
+
+    # --- carrying out the manager's output -------------------------------------------
+    def _groups_apply(self, out: Output, wall: float) -> None:
+        gm = self.groups_manager
+        now = self._now()
+        for dst, payload in out.sends:
+            try:
+                self.core.send(dst, payload, now=now)
+            except MeshdError as exc:
+                self.log.warning("group_send_failed", peer=dst.short, error=str(exc))
+        tables = self._gm_tables
+        assert tables is not None
+        for gid in out.deleted:
+            tables.delete(gid)
+        for gid in out.changed - out.deleted:
+            try:
+                tables.save(gm.state(gid), now=wall)
+            except MeshdError:
+                tables.delete(gid)  # gone meanwhile (removed by a later commit)
+        for ev in out.events:
+            self._group_event(ev, wall)
+        self._schedule_pump()
+
+    def _group_event(self, ev: GroupEvent, wall: float) -> None:
+        store = self.store
+        if isinstance(ev, GroupMessage):
+            try:
+                app_id = validate_app_id(ev.app_id)
+            except MeshdError:
+                self.log.warning("group_message_bad_app", peer=ev.sender.short)
+                return
+            record = store.add_incoming(message_id=ev.message_id, app_id=app_id, src=ev.sender,
+                                        content=ev.content, received_at=wall, hops=0)  # fmt: skip
+            if record is not None:
+                assert self._gm_tables is not None
+                self._gm_tables.add_message(
+                    GroupMessageRow(ev.sender, ev.message_id, ev.group_id, app_id, wall)
+                )
+            return
+        detail = f"group={ev.group_id.hex()}" if ev.group_id is not None else ""
+        append = store.append_event
+        if isinstance(ev, GroupCreated):
+            append(None, AppEventKind.GROUP_CREATED, wall, detail=f"{detail} name={ev.name}")
+        elif isinstance(ev, GroupJoined):
+            info = f"{detail} name={ev.name} epoch={ev.epoch}"
+            append(None, AppEventKind.GROUP_JOINED, wall, peer=ev.inviter, detail=info)
+        elif isinstance(ev, MemberAdded):
+            info = f"{detail} role={ev.role.name.lower()} by={ev.by.text}"
+            append(None, AppEventKind.GROUP_MEMBER_ADDED, wall, peer=ev.address, detail=info)
+        elif isinstance(ev, MemberRemoved):
+            info = f"{detail} by={ev.by.text}"
+            append(None, AppEventKind.GROUP_MEMBER_REMOVED, wall, peer=ev.address, detail=info)
+        elif isinstance(ev, RoleChanged):
+            info = f"{detail} role={ev.role.name.lower()} by={ev.by.text}"
+            append(None, AppEventKind.GROUP_ROLE_CHANGED, wall, peer=ev.address, detail=info)
+        elif isinstance(ev, GroupLeft):
+            append(None, AppEventKind.GROUP_LEFT, wall, detail=detail)
+        elif isinstance(ev, GroupRemoved):
+            append(None, AppEventKind.GROUP_REMOVED, wall, peer=ev.by, detail=detail)
+        elif isinstance(ev, KeyPackageNeeded):
+            self._group_background(self._group_readd(ev))
+        elif isinstance(ev, PayloadRefused):
+            self.log.warning("group_payload_refused", peer=ev.src.short, reason=ev.reason)
+        elif isinstance(ev, ForkResolved):
+            self.log.info("group_fork_resolved", group=ev.group_id.hex(), epoch=ev.fork_epoch,
+                          dropped=ev.dropped, reproposed=ev.reproposed)  # fmt: skip
+        elif isinstance(ev, EpochAdvanced):
+            self.log.debug("group_epoch", group=ev.group_id.hex(), epoch=ev.epoch)
+
+    def _group_background(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._gm_tasks.add(task)
+        task.add_done_callback(self._gm_tasks.discard)
+
+    async def _group_readd(self, ev: KeyPackageNeeded) -> None:
+        """Invite again a member whose Add was lost in a fork (fresh key package)."""
+        try:
+            kp = await self.key_package_for(ev.address, timeout=KEY_PACKAGE_TIMEOUT_S)
+            out = self.groups_manager.invite(ev.group_id, [(kp, ev.role)], now=time.time())
+            self._groups_apply(out, time.time())
+        except MeshdError as exc:
+            self.log.warning("group_readd_failed", peer=ev.address.short, error=str(exc))
+
+    # --- GroupsApi ---------------------------------------------------------------------
+    async def _group_done(self, out: Output) -> None:
+        self._groups_apply(out, time.time())
+        await self._durable()
+
+    def _group_info(self, gid: bytes) -> GroupInfo:
+        st = self.groups_manager.state(gid)
+        roles = st.view.roles
+        return GroupInfo(gid, st.name, st.epoch, len(roles),
+                         roles.get(self.identity.address, Role.MEMBER),
+                         tuple(st.view.admins()))  # fmt: skip
+
+    async def create_group(self, caller: Caller, name: str) -> GroupInfo:
+        self._authorize(caller)
+        gid, out = self.groups_manager.create(name, now=time.time())
+        await self._group_done(out)
+        return self._group_info(gid)
+
+    async def invite_to_group(
+        self, caller: Caller, group_id: bytes, members: list[NodeAddress], role: Role
+    ) -> GroupInfo:
+        """Fetch each invitee's key package (cached or through the mesh), then Add them."""
+        self._authorize(caller)
+        if not members:
+            raise InvalidArgument("no members given", field="members")
+        self.groups_manager.state(group_id)
+        kps = await asyncio.gather(
+            *(self.key_package_for(a, timeout=KEY_PACKAGE_TIMEOUT_S) for a in members)
         )
+        out = self.groups_manager.invite(group_id, [(kp, role) for kp in kps], now=time.time())
+        await self._group_done(out)
+        return self._group_info(group_id)
+
+    async def remove_from_group(
+        self, caller: Caller, group_id: bytes, members: list[NodeAddress]
+    ) -> GroupInfo:
+        self._authorize(caller)
+        await self._group_done(self.groups_manager.remove(group_id, members, now=time.time()))
+        return self._group_info(group_id)
+
+    async def set_group_role(
+        self, caller: Caller, group_id: bytes, member: NodeAddress, role: Role
+    ) -> GroupInfo:
+        self._authorize(caller)
+        out = self.groups_manager.set_role(group_id, member, role, now=time.time())
+        await self._group_done(out)
+        return self._group_info(group_id)
+
+    async def leave_group(self, caller: Caller, group_id: bytes) -> None:
+        self._authorize(caller)
+        await self._group_done(self.groups_manager.leave(group_id, now=time.time()))
+
+    def list_groups(self, caller: Caller) -> list[GroupInfo]:
+        self._authorize(caller)
+        return [self._group_info(st.group_id) for st in self.groups_manager.groups()]
+
+    def group_members(self, caller: Caller, group_id: bytes) -> list[GroupMemberInfo]:
+        self._authorize(caller)
+        roles = self.groups_manager.state(group_id).view.roles
+        return [GroupMemberInfo(a, roles[a]) for a in sorted(roles)]
+
+    async def send_group_message(self, caller: Caller, group_id: bytes, content: bytes) -> bytes:
+        """Seal once, unicast to every member; returns the message id members will see."""
+        app_id = self._authorize(caller)
+        if len(content) > MAX_GROUP_MESSAGE:
+            raise InvalidArgument(f"at most {MAX_GROUP_MESSAGE} bytes", field="content")
+        mid, out = self.groups_manager.send(group_id, app_id, content, now=time.time())
+        await self._group_done(out)
+        return mid
+
+    def group_history(
+        self, caller: Caller, group_id: bytes, *, limit: int
+    ) -> list[GroupMessageRow]:
+        app_id = self._authorize(caller)
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit must be 1..1000", field="limit")
+        assert self._gm_tables is not None
+        return self._gm_tables.messages(group_id, app_id, limit=limit)

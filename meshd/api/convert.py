@@ -207,6 +207,17 @@ _SESSION_EVENTS = {
 }
 
 
+_GROUP_EVENTS = {
+    AppEventKind.GROUP_CREATED: mpb.GROUP_EVENT_KIND_CREATED,
+    AppEventKind.GROUP_JOINED: mpb.GROUP_EVENT_KIND_JOINED,
+    AppEventKind.GROUP_MEMBER_ADDED: mpb.GROUP_EVENT_KIND_MEMBER_ADDED,
+    AppEventKind.GROUP_MEMBER_REMOVED: mpb.GROUP_EVENT_KIND_MEMBER_REMOVED,
+    AppEventKind.GROUP_ROLE_CHANGED: mpb.GROUP_EVENT_KIND_ROLE_CHANGED,
+    AppEventKind.GROUP_LEFT: mpb.GROUP_EVENT_KIND_LEFT,
+    AppEventKind.GROUP_REMOVED: mpb.GROUP_EVENT_KIND_REMOVED,
+}
+
+
 def event(e: AppEvent) -> mpb.Event:
     out = mpb.Event(cursor=e.cursor, at=timestamp(e.at))
     peer = address_text(e.peer) if e.peer is not None else ""
@@ -238,4 +249,10 @@ def event(e: AppEvent) -> mpb.Event:
     elif e.kind in _SESSION_EVENTS:
         out.session.kind, out.session.peer = _SESSION_EVENTS[e.kind], peer
         out.session.detail = e.detail
+    elif e.kind in _GROUP_EVENTS:
+        # detail is "group=<hex> ..." (meshd/node_groups.py): the id gets its own field.
+        head, _, rest = e.detail.partition(" ")
+        out.group.kind, out.group.peer = _GROUP_EVENTS[e.kind], peer
+        out.group.group_id = head.removeprefix("group=")
+        out.group.detail = rest
     return out

@@ -159,6 +159,24 @@ MIGRATIONS: tuple[str, ...] = (
         value       TEXT NOT NULL
     );
     """,
+    # 3 -> 4: MLS groups (meshd/store/groups.py): meshd's per-group state (roles, views,
+    # commit log, pending re-proposals) and which history rows are group messages.
+    """
+    CREATE TABLE group_states (
+        group_id    BLOB PRIMARY KEY,
+        state       BLOB NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE group_messages (
+        sender      BLOB NOT NULL,
+        message_id  BLOB NOT NULL,
+        group_id    BLOB NOT NULL,
+        app_id      TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (sender, message_id)
+    );
+    CREATE INDEX group_messages_group ON group_messages (group_id, received_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs

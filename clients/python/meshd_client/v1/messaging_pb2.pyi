@@ -77,6 +77,33 @@ DIRECTION_OUTGOING: Direction.ValueType  # 1
 DIRECTION_INCOMING: Direction.ValueType  # 2
 Global___Direction: _TypeAlias = Direction  # noqa: Y015
 
+class _GroupEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GroupEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GroupEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GROUP_EVENT_KIND_UNSPECIFIED: _GroupEventKind.ValueType  # 0
+    GROUP_EVENT_KIND_CREATED: _GroupEventKind.ValueType  # 1
+    GROUP_EVENT_KIND_JOINED: _GroupEventKind.ValueType  # 2
+    GROUP_EVENT_KIND_MEMBER_ADDED: _GroupEventKind.ValueType  # 3
+    GROUP_EVENT_KIND_MEMBER_REMOVED: _GroupEventKind.ValueType  # 4
+    GROUP_EVENT_KIND_ROLE_CHANGED: _GroupEventKind.ValueType  # 5
+    GROUP_EVENT_KIND_LEFT: _GroupEventKind.ValueType  # 6
+    GROUP_EVENT_KIND_REMOVED: _GroupEventKind.ValueType  # 7
+
+class GroupEventKind(_GroupEventKind, metaclass=_GroupEventKindEnumTypeWrapper): ...
+
+GROUP_EVENT_KIND_UNSPECIFIED: GroupEventKind.ValueType  # 0
+GROUP_EVENT_KIND_CREATED: GroupEventKind.ValueType  # 1
+GROUP_EVENT_KIND_JOINED: GroupEventKind.ValueType  # 2
+GROUP_EVENT_KIND_MEMBER_ADDED: GroupEventKind.ValueType  # 3
+GROUP_EVENT_KIND_MEMBER_REMOVED: GroupEventKind.ValueType  # 4
+GROUP_EVENT_KIND_ROLE_CHANGED: GroupEventKind.ValueType  # 5
+GROUP_EVENT_KIND_LEFT: GroupEventKind.ValueType  # 6
+GROUP_EVENT_KIND_REMOVED: GroupEventKind.ValueType  # 7
+Global___GroupEventKind: _TypeAlias = GroupEventKind  # noqa: Y015
+
 class _SessionEventKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -343,6 +370,7 @@ class Event(_message.Message):
     PATH_CHANGED_FIELD_NUMBER: _builtins.int
     KEY_CHANGED_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Strictly increasing per node; pass the last one seen back as `after_cursor`."""
     @_builtins.property
@@ -361,6 +389,8 @@ class Event(_message.Message):
     def key_changed(self) -> Global___KeyChanged: ...
     @_builtins.property
     def session(self) -> Global___SessionEvent: ...
+    @_builtins.property
+    def group(self) -> Global___GroupEvent: ...
     def __init__(
         self,
         *,
@@ -373,16 +403,49 @@ class Event(_message.Message):
         path_changed: Global___PathChanged | None = ...,
         key_changed: Global___KeyChanged | None = ...,
         session: Global___SessionEvent | None = ...,
+        group: Global___GroupEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "delivery_state", b"delivery_state", "group", b"group", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cursor", b"cursor", "delivery_state", b"delivery_state", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cursor", b"cursor", "delivery_state", b"delivery_state", "group", b"group", "key_changed", b"key_changed", "kind", b"kind", "message_received", b"message_received", "neighbour_down", b"neighbour_down", "neighbour_up", b"neighbour_up", "path_changed", b"path_changed", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed", "key_changed", "session"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message_received", "delivery_state", "neighbour_up", "neighbour_down", "path_changed", "key_changed", "session", "group"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class GroupEvent(_message.Message):
+    """MLS groups (groups.proto): membership and role changes seen by this node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: Global___GroupEventKind.ValueType
+    group_id: _builtins.str
+    """hex"""
+    peer: _builtins.str
+    """the member concerned (inviter for JOINED, remover for REMOVED)"""
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___GroupEventKind.ValueType = ...,
+        group_id: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "group_id", b"group_id", "kind", b"kind", "peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupEvent: _TypeAlias = GroupEvent  # noqa: Y015
 
 @_typing.final
 class SessionEvent(_message.Message):

@@ -1,0 +1,26 @@
+"""Group events reach the API event stream with their group id split out."""
+
+from __future__ import annotations
+
+from meshd.address import NodeAddress
+from meshd.api import convert
+from meshd.api.v1 import messaging_pb2 as mpb
+from meshd.node_api import AppEvent, AppEventKind
+
+A = NodeAddress(bytes(range(16)))
+
+
+def test_every_group_event_kind_converts() -> None:
+    kinds = [k for k in AppEventKind if k.value.startswith("group_")]
+    assert len(kinds) == 7
+    seen = set()
+    for i, kind in enumerate(kinds):
+        ev = convert.event(AppEvent(i, kind, 1.0, peer=A, detail="group=0a0b role=admin by=x"))
+        assert ev.WhichOneof("kind") == "group"
+        assert (ev.group.group_id, ev.group.detail, ev.group.peer) == (
+            "0a0b",
+            "role=admin by=x",
+            A.text,
+        )
+        seen.add(ev.group.kind)
+    assert len(seen) == 7 and mpb.GROUP_EVENT_KIND_UNSPECIFIED not in seen
