@@ -14,6 +14,7 @@ import grpc
 
 from meshctl import commands
 from meshctl import contacts as contacts_cmd
+from meshctl import sessions as sessions_cmd
 from meshd.paths import default_socket_path
 
 Command = Callable[[commands.Context, argparse.Namespace], Awaitable[int]]
@@ -26,6 +27,10 @@ _COMMANDS: dict[str, Command] = {
     "history": commands.history,
     "identity": contacts_cmd.identity,
     "contacts": contacts_cmd.contacts,
+    "connect": sessions_cmd.connect,
+    "requests": sessions_cmd.requests,
+    "policy": sessions_cmd.policy,
+    "session": sessions_cmd.session,
 }
 
 
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--peer", metavar="ADDR", help="only messages to or from this node")
     hist.add_argument("--limit", type=_limit, default=50, metavar="N", help="1..1000 (default 50)")
     contacts_cmd.add_parsers(command, lambda p: _add_common(p, suppress=True))
+    sessions_cmd.add_parsers(command, lambda p: _add_common(p, suppress=True))
     return parser
 
 

@@ -17,6 +17,7 @@ from meshd.api.v1 import messaging_pb2 as mpb
 from meshd.api.v1 import messaging_pb2_grpc as mgrpc
 from meshd.api.v1 import node_pb2 as npb
 from meshd.api.v1 import node_pb2_grpc as ngrpc
+from meshd.api.v1 import sessions_pb2_grpc as sgrpc
 
 
 class CommandFailed(Exception):
@@ -32,6 +33,7 @@ class Context:
         self.node = ngrpc.NodeServiceStub(channel)
         self.messaging = mgrpc.MessagingServiceStub(channel)
         self.contacts = cgrpc.ContactsServiceStub(channel)
+        self.sessions = sgrpc.SessionsServiceStub(channel)
         self.metadata = (("meshd-app", args.app),)
         self.json: bool = args.json
         self.out = out

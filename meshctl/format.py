@@ -202,4 +202,9 @@ def event_line(ev: mpb.Event) -> str:
     if kind == "key_changed":
         k = ev.key_changed
         return head + f"KEY CHANGED for {k.peer}" + (f": {k.detail}" if k.detail else "")
+    if kind == "session":
+        se = ev.session
+        name = mpb.SessionEventKind.Name(se.kind).removeprefix("SESSION_EVENT_KIND_").lower()
+        return head + f"{name.replace('_', ' ')} {se.peer}" + (f" ({se.detail})" if se.detail
+                                                                else "")  # fmt: skip
     return head + "unknown event (newer meshd?)"

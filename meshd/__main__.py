@@ -129,6 +129,7 @@ async def run(cfg: Config, *, notifier: SdNotifier | None = None) -> int:
         cfg.state_dir,
         transports=lambda identity: build_transports(cfg, identity, log),
         battery=cfg.battery,
+        accept_from=cfg.accept_from,
         logger=log,
     )
     server: Any = None

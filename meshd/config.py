@@ -11,6 +11,7 @@ Precedence, highest first: command-line flag, environment (``MESHD_SOCKET``,
     log_level = "info"          # debug | info | warning | error
     log_format = "auto"         # auto (console on a TTY, else json) | console | json
     battery = 80                # fixed battery level 0..100 (tests, desktops)
+    accept_from = "anyone"      # who may open a 1:1 session: anyone | contacts
 
 Unknown keys and bad values raise ``ConfigError`` naming the key.
 """
@@ -59,6 +60,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"
     battery: int | None = None
+    accept_from: str = "anyone"  # meshd/e2e/requests.py
     config_file: Path | None = field(default=None, compare=False)
 
 
@@ -114,11 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
     p.add_argument("--log-format", metavar="FORMAT", help="auto, console or json")
     p.add_argument("--battery", metavar="N", help="fixed battery level 0..100")
+    p.add_argument("--accept-from", metavar="WHO",
+                   help="who may open a 1:1 session: anyone (default) or contacts")
     p.add_argument("--version", action="version", version=f"meshd {__version__}")
     return p
 
 
 _KEYS = (
+    "accept_from",
     "state_dir",
     "socket",
     "listen",
@@ -209,6 +214,10 @@ def _apply(cfg: Config, values: Mapping[str, object]) -> Config:
             changes[key] = _as_format(value, key)
         elif key == "battery":
             changes[key] = _as_battery(value, key)
+        elif key == "accept_from":
+            if value not in ("anyone", "contacts"):
+                raise ConfigError(f"expected anyone or contacts, got {value!r}", field=key)
+            changes[key] = value
         else:  # pragma: no cover - _KEYS and this chain are kept in step
             raise ConfigError("unknown setting", field=key)
     return replace(cfg, **changes)
@@ -242,5 +251,6 @@ def load_config(
         "log_level": args.log_level,
         "log_format": args.log_format,
         "battery": args.battery,
+        "accept_from": args.accept_from,
     }
     return _apply(cfg, {k: v for k, v in cli.items() if v is not None})

@@ -26,6 +26,7 @@ from meshd.api.contacts import ContactsServicer
 from meshd.api.errors import ErrorMappingInterceptor
 from meshd.api.relay import SUN_PATH_MAX, CredentialRegistry, CredentialRelay
 from meshd.api.servicers import MessagingServicer, NodeServicer
+from meshd.api.sessions import SessionsApi, SessionsServicer
 from meshd.api.v1 import (
     contacts_pb2,
     contacts_pb2_grpc,
@@ -33,6 +34,8 @@ from meshd.api.v1 import (
     messaging_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
 )
 from meshd.errors import FailedPrecondition, InvalidArgument
 from meshd.node_api import ContactsApi, NodeApi
@@ -43,6 +46,7 @@ SERVICE_NAMES = (
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
     contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"].full_name,
+    sessions_pb2.DESCRIPTOR.services_by_name["SessionsService"].full_name,
 )
 _LISTEN_BACKLOG = 128
 _RELAY_NAME_ROOM = 12  # "/c" + a connection counter
@@ -112,6 +116,10 @@ async def serve(
     if isinstance(node, ContactsApi):  # the real Node; a NodeApi-only test double has none
         contacts_pb2_grpc.add_ContactsServiceServicer_to_server(
             ContactsServicer(node, callers), mapped
+        )
+    if isinstance(node, SessionsApi):  # connection requests, policy (meshd/api/sessions.py)
+        sessions_pb2_grpc.add_SessionsServiceServicer_to_server(
+            SessionsServicer(node, callers), mapped
         )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
