@@ -14,6 +14,7 @@ import grpc
 
 from meshctl import commands
 from meshctl import contacts as contacts_cmd
+from meshctl import groups as groups_cmd
 from meshctl import sessions as sessions_cmd
 from meshd.paths import default_socket_path
 
@@ -31,6 +32,7 @@ _COMMANDS: dict[str, Command] = {
     "requests": sessions_cmd.requests,
     "policy": sessions_cmd.policy,
     "session": sessions_cmd.session,
+    "groups": groups_cmd.groups,
 }
 
 
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--limit", type=_limit, default=50, metavar="N", help="1..1000 (default 50)")
     contacts_cmd.add_parsers(command, lambda p: _add_common(p, suppress=True))
     sessions_cmd.add_parsers(command, lambda p: _add_common(p, suppress=True))
+    groups_cmd.add_parsers(command, lambda p: _add_common(p, suppress=True))
     return parser
 
 

@@ -34,6 +34,7 @@ class Context:
         self.messaging = mgrpc.MessagingServiceStub(channel)
         self.contacts = cgrpc.ContactsServiceStub(channel)
         self.sessions = sgrpc.SessionsServiceStub(channel)
+        self.channel = channel  # for stubs made by command modules (meshctl/groups.py)
         self.metadata = (("meshd-app", args.app),)
         self.json: bool = args.json
         self.out = out

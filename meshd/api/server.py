@@ -24,12 +24,15 @@ from grpc_reflection.v1alpha import reflection
 from meshd.api.caller import CallerResolver
 from meshd.api.contacts import ContactsServicer
 from meshd.api.errors import ErrorMappingInterceptor
+from meshd.api.groups import GroupsApi, GroupsServicer
 from meshd.api.relay import SUN_PATH_MAX, CredentialRegistry, CredentialRelay
 from meshd.api.servicers import MessagingServicer, NodeServicer
 from meshd.api.sessions import SessionsApi, SessionsServicer
 from meshd.api.v1 import (
     contacts_pb2,
     contacts_pb2_grpc,
+    groups_pb2,
+    groups_pb2_grpc,
     messaging_pb2,
     messaging_pb2_grpc,
     node_pb2,
@@ -47,6 +50,7 @@ SERVICE_NAMES = (
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
     contacts_pb2.DESCRIPTOR.services_by_name["ContactsService"].full_name,
     sessions_pb2.DESCRIPTOR.services_by_name["SessionsService"].full_name,
+    groups_pb2.DESCRIPTOR.services_by_name["GroupsService"].full_name,
 )
 _LISTEN_BACKLOG = 128
 _RELAY_NAME_ROOM = 12  # "/c" + a connection counter
@@ -121,6 +125,8 @@ async def serve(
         sessions_pb2_grpc.add_SessionsServiceServicer_to_server(
             SessionsServicer(node, callers), mapped
         )
+    if isinstance(node, GroupsApi):  # MLS groups (meshd/api/groups.py)
+        groups_pb2_grpc.add_GroupsServiceServicer_to_server(GroupsServicer(node, callers), mapped)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

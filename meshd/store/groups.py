@@ -23,6 +23,7 @@ class GroupMessageRow:
     group_id: bytes
     app_id: str
     received_at: float
+    content: bytes = b""  # from the history row (pruned with it: then empty)
 
 
 class GroupTables:
@@ -61,12 +62,17 @@ class GroupTables:
         )
 
     def messages(self, group_id: bytes, app_id: str, *, limit: int) -> list[GroupMessageRow]:
+        """The app's messages received in the group, newest first, with their content."""
         rows = self._store._read(
-            "SELECT sender, message_id, group_id, app_id, received_at FROM group_messages "
-            "WHERE group_id=? AND app_id=? ORDER BY received_at DESC LIMIT ?",
+            "SELECT g.sender, g.message_id, g.group_id, g.app_id, g.received_at, h.payload "
+            "FROM group_messages g LEFT JOIN history h ON h.direction = 'incoming' "
+            "AND h.peer = g.sender AND h.message_id = g.message_id "
+            "WHERE g.group_id=? AND g.app_id=? ORDER BY g.received_at DESC LIMIT ?",
             (group_id, app_id, limit),
         )
         return [
-            GroupMessageRow(NodeAddress(bytes(s)), bytes(m), bytes(g), str(a), float(t))
-            for s, m, g, a, t in rows
+            GroupMessageRow(
+                NodeAddress(bytes(s)), bytes(m), bytes(g), str(a), float(t), bytes(p or b"")
+            )
+            for s, m, g, a, t, p in rows
         ]
