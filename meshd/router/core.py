@@ -104,7 +104,7 @@ EndpointFactory = Callable[[Identity, random.Random, CoreConfig], EndpointLike]
 def _default_endpoint(identity: Identity, rng: random.Random, config: CoreConfig) -> EndpointLike:
     from meshd.router.reliability import Endpoint
 
-    endpoint: EndpointLike = Endpoint(identity, rng=rng, config=config)
+    endpoint: EndpointLike = Endpoint(identity, rng=rng, config=config, batch_acks=True)
     return endpoint
 
 
@@ -214,6 +214,12 @@ class MeshCore:
     def frames_to_send(self) -> list[tuple[LinkId, bytes]]:
         # LINK_ACKs wait until the adapter drains: frames received since the last drain
         # (a daemon reads several per event-loop pass under load) share one per link.
+        # End-to-end ACKs likewise: one signed ACK per sender for this drain's messages
+        # (meshd/router/acks.py); endpoints without batching have no flush_acks.
+        flush = getattr(self._endpoint, "flush_acks", None)
+        if flush is not None:
+            for frame in flush(now=self._now):
+                self._router.originate(frame, now=self._now)
         self._router.flush_acks()
         out = self._router.out
         self._router.out = []

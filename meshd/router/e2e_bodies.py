@@ -1,4 +1,5 @@
-"""Codecs for the end-to-end bodies: DATA, ACK, CUSTODY_OFFER, CUSTODY_RECEIPT (wire v1).
+"""Codecs for the end-to-end bodies: DATA, ACK (single and batch), CUSTODY_OFFER,
+CUSTODY_RECEIPT (wire v1; the batch ACK is ACK body version 2).
 
 Layouts and test vectors are in docs/wire-format.md, section "End-to-end bodies". Every
 decoder raises ``FrameDecodeError`` naming the field on malformed input and nothing else.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nacl.bindings import crypto_sign_open
@@ -32,6 +34,10 @@ from meshd.router.frames import (
 
 E2E_BODY_VERSION = 1
 ACK_CONTEXT = b"meshd/ack/v1\x00"
+ACK_BATCH_CONTEXT = b"meshd/ack-batch/v1\x00"
+ACK_BATCH_VERSION = 2
+#: Messages one batch ACK covers at most (41 bytes each: the frame stays < 1,500 bytes).
+MAX_ACK_BATCH = 32
 RECEIPT_CONTEXT = b"meshd/custody-receipt/v1\x00"
 
 DATA_HAS_CUSTODIAN = 0x01
@@ -39,6 +45,8 @@ _DATA_KNOWN_FLAGS = DATA_HAS_CUSTODIAN
 _DATA_FIXED = struct.Struct(">BBI")  # body version, flags, lifetime left (s)
 _ACK = struct.Struct(">B8sB32s64s")  # version, message id, echoed attempt, key, signature
 _RECEIPT = struct.Struct(">B8s16s32s64s")  # version, message id, origin, key, signature
+_ACK_BATCH = struct.Struct(">BB32s64s")  # version 2, count, key, signature
+_ACK_ENTRY = struct.Struct(">8sB32s")  # message id, echoed attempt, payload digest
 MAX_LIFETIME_WIRE = 0xFFFFFFFF
 
 DATA_OVERHEAD = _DATA_FIXED.size + ADDRESS_LEN  # worst case: with a custodian
@@ -184,6 +192,99 @@ def decode_ack_body(data: bytes) -> AckBody:
         raise FrameDecodeError(f"ACK body must be {_ACK.size} bytes", field="ack_body")
     _, message_id, echo, key, signature = _ACK.unpack(data)
     return AckBody(message_id, echo, key, signature)
+
+
+# --- batch ACK (ACK body version 2) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AckEntry:
+    """One message a batch ACK acknowledges."""
+
+    message_id: bytes
+    echo_attempt: int  # as in AckBody (unsigned)
+    digest: bytes  # SHA-256 of the payload the destination received (signed)
+
+
+def ack_batch_signed_part(
+    sender: NodeAddress, destination: NodeAddress, entries: Sequence[AckEntry]
+) -> bytes:
+    """What the destination signs once for a batch: it received each ``message_id`` from
+    ``sender`` with that payload digest."""
+    parts = [ACK_BATCH_CONTEXT, sender.raw, destination.raw, bytes([len(entries)])]
+    parts += [e.message_id + e.digest for e in entries]
+    return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class AckBatchBody:
+    """One signed end-to-end ACK for several messages from one sender (a destination's
+    ACKs of one drain): one Ed25519 signature and verification instead of one per message
+    (~30 us to sign, ~70 us to verify each, profiled at ~800 msg/s). Each entry carries
+    its digest, so the sender can check the signature even if it already forgot some ids."""
+
+    entries: tuple[AckEntry, ...]
+    signer_key: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        if not 1 <= len(self.entries) <= MAX_ACK_BATCH:
+            raise FrameDecodeError(f"a batch ACK has 1..{MAX_ACK_BATCH} entries", field="count")
+        _check_fields(FRAME_ID_LEN * b"\0", self.signer_key, self.signature)
+        out = [_ACK_BATCH.pack(ACK_BATCH_VERSION, len(self.entries), self.signer_key,
+                               self.signature)]  # fmt: skip
+        for e in self.entries:
+            if len(e.message_id) != FRAME_ID_LEN:
+                raise FrameDecodeError(f"message_id must be {FRAME_ID_LEN} bytes",
+                                       field="message_id")  # fmt: skip
+            if not 0 <= e.echo_attempt <= 255:
+                raise FrameDecodeError("echo_attempt out of range 0..255", field="echo_attempt")
+            if len(e.digest) != 32:
+                raise FrameDecodeError("digest must be 32 bytes", field="digest")
+            out.append(_ACK_ENTRY.pack(e.message_id, e.echo_attempt, e.digest))
+        return b"".join(out)
+
+    def verify(
+        self, *, sender: NodeAddress, destination: NodeAddress,
+        signer_address: NodeAddress | None = None,
+    ) -> bool:
+        """True when the key is ``destination``'s and the signature covers every entry
+        (the caller still compares each entry's digest with its own copy)."""
+        if signer_address is None:
+            signer_address = NodeAddress.from_public_key(self.signer_key)
+        if signer_address != destination:
+            return False
+        signed = ack_batch_signed_part(sender, destination, self.entries)
+        return verify_signature(self.signer_key, self.signature, signed)
+
+
+def decode_ack_batch_body(data: bytes) -> AckBatchBody:
+    if not data:
+        raise FrameDecodeError("empty ACK body", field="body_version")
+    if data[0] != ACK_BATCH_VERSION:
+        raise FrameDecodeError(f"not a batch ACK (version {data[0]})", field="body_version")
+    if len(data) < _ACK_BATCH.size:
+        raise FrameDecodeError("batch ACK truncated", field="ack_body")
+    _, count, key, signature = _ACK_BATCH.unpack_from(data)
+    if not 1 <= count <= MAX_ACK_BATCH:
+        raise FrameDecodeError(f"a batch ACK has 1..{MAX_ACK_BATCH} entries", field="count")
+    if len(data) != _ACK_BATCH.size + count * _ACK_ENTRY.size:
+        raise FrameDecodeError(
+            f"batch ACK of {count} entries must be "
+            f"{_ACK_BATCH.size + count * _ACK_ENTRY.size} bytes", field="ack_body",
+        )  # fmt: skip
+    entries = tuple(
+        AckEntry(*_ACK_ENTRY.unpack_from(data, _ACK_BATCH.size + i * _ACK_ENTRY.size))
+        for i in range(count)
+    )
+    return AckBatchBody(entries, key, signature)
+
+
+def decode_any_ack(data: bytes) -> AckBody | AckBatchBody:
+    """An ACK body of either version: 1 (one message) or 2 (a batch)."""
+    if data and data[0] == ACK_BATCH_VERSION:
+        return decode_ack_batch_body(data)
+    return decode_ack_body(data)
 
 
 # --- CUSTODY_RECEIPT -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity, PublicIdentity
 from meshd.errors import AlreadyExists, FrameDecodeError, InvalidArgument, ResourceExhausted
+from meshd.router.acks import AckQueue, single_ack
 from meshd.router.backoff import (
     DeadlineHeap,
     ProbeGate,
@@ -29,11 +30,10 @@ from meshd.router.custody import Custodian
 from meshd.router.e2e_bodies import (
     MAX_LIFETIME_WIRE,
     MAX_PAYLOAD_LEN,
-    AckBody,
+    AckBatchBody,
     CustodyReceiptBody,
     DataBody,
-    ack_signed_part,
-    decode_ack_body,
+    decode_any_ack,
     decode_data_body,
     decode_offer_body,
     decode_receipt_body,
@@ -72,8 +72,12 @@ class Endpoint:
         rng: random.Random,
         config: CoreConfig,
         policy: RetryPolicy | None = None,
+        batch_acks: bool = False,
     ) -> None:
         self._identity = identity
+        # batch_acks: ACKs wait for flush_acks() (MeshCore calls it when the node drains)
+        # and one signed ACK covers a sender's messages of that drain (meshd/router/acks.py).
+        self._acks = AckQueue(identity, rng) if batch_acks else None
         self._address = identity.address
         self._rng = rng
         self._config = config
@@ -288,6 +292,12 @@ class Endpoint:
     def next_event(self) -> CoreEvent | None:
         return self._events.popleft() if self._events else None
 
+    def flush_acks(self, *, now: float) -> list[Frame]:
+        """The ACKs owed since the last call, batched per sender (``batch_acks`` only)."""
+        if not self._acks:
+            return []
+        return self._acks.frames(ttl=self._config.default_ttl)
+
     def outbox(self) -> list[OutboxEntry]:
         return self._outbox.entries()
 
@@ -357,7 +367,10 @@ class Endpoint:
     def _on_ack(
         self, frame: Frame, now: float, key_of: Callable[[NodeAddress], PublicIdentity | None]
     ) -> None:
-        body = decode_ack_body(frame.body)
+        body = decode_any_ack(frame.body)
+        if isinstance(body, AckBatchBody):
+            self._on_ack_batch(frame, body, now, key_of)
+            return
         message = self._outbox.get(body.message_id)
         if message is None or message.dst != frame.src:
             self.stats.acks_unknown += 1
@@ -372,9 +385,42 @@ class Endpoint:
             self.stats.acks_forged += 1
             return
         self.stats.acks_verified += 1
+        self._acked(message, body.echo_attempt, now)
+
+    def _on_ack_batch(
+        self, frame: Frame, body: AckBatchBody, now: float,
+        key_of: Callable[[NodeAddress], PublicIdentity | None],
+    ) -> None:
+        pending = []
+        for entry in body.entries:
+            message = self._outbox.get(entry.message_id)
+            if message is None or message.dst != frame.src:
+                self.stats.acks_unknown += 1
+            else:
+                pending.append((message, entry))
+        if not pending:  # nothing of ours: not worth a signature check
+            return
+        known = key_of(frame.src)
+        if (known is not None and known.signing_key != body.signer_key) or not body.verify(
+            sender=self._address, destination=frame.src,
+            signer_address=self._signer_address(body.signer_key),
+        ):
+            self.stats.acks_forged += len(pending)
+            return
+        for message, entry in pending:
+            if self._outbox.get(entry.message_id) is not message:  # listed twice
+                continue
+            # Signed by the destination, but for the content it got: it must be ours.
+            if entry.digest != message.digest:
+                self.stats.acks_forged += 1
+                continue
+            self.stats.acks_verified += 1
+            self._acked(message, entry.echo_attempt, now)
+
+    def _acked(self, message: OutgoingMessage, echo_attempt: int, now: float) -> None:
         if (
             message.last_sent_at is not None
-            and body.echo_attempt == message.last_attempt_byte
+            and echo_attempt == message.last_attempt_byte
             and message.state is not DeliveryState.HELD_BY_CUSTODIAN  # a custodian's copy
         ):
             self._rtt.sample(message.dst, now - message.last_sent_at)
@@ -545,15 +591,14 @@ class Endpoint:
         self._custodian.expire(now)
 
     def _queue_ack(self, frame: Frame, record: Delivered, now: float) -> None:
-        if record.ack_signature is None:
-            signed = ack_signed_part(frame.frame_id, frame.src, self._address, record.digest)
-            record.ack_signature = self._identity.sign(signed)
-        body = AckBody(frame.frame_id, frame.attempt, self._identity.public.signing_key,
-                       record.ack_signature)
         record.last_ack_at = now
         self.stats.acks_sent += 1
-        self._queue(Frame(FrameType.ACK, self._rng.randbytes(FRAME_ID_LEN), self._address,
-                          frame.src, body.encode(), ttl=self._config.default_ttl), now)
+        if self._acks is not None:
+            self._acks.add(frame.src, frame.frame_id, frame.attempt, record)
+            return
+        self._queue(single_ack(self._identity, self._rng, message_id=frame.frame_id,
+                               attempt=frame.attempt, record=record, sender=frame.src,
+                               ttl=self._config.default_ttl), now)  # fmt: skip
 
     def _queue(self, frame: Frame, now: float) -> None:
         self._ready.append(frame)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,13 @@ from meshd.router.e2e_bodies import (
     MAX_PAYLOAD_LEN,
     RECEIPT_BODY_LEN,
     AckBody,
+    AckEntry,
     CustodyOfferBody,
     CustodyReceiptBody,
     DataBody,
+    decode_ack_batch_body,
     decode_ack_body,
+    decode_any_ack,
     decode_data_body,
     decode_offer_body,
     decode_receipt_body,
@@ -55,7 +59,8 @@ VECTORS = _vectors()
 
 def test_the_section_has_one_vector_per_body_type() -> None:
     assert set(VECTORS) == {
-        "e2e-data", "e2e-data-custodian", "e2e-ack", "e2e-custody-receipt", "e2e-custody-offer"
+        "e2e-data", "e2e-data-custodian", "e2e-ack", "e2e-ack-batch", "e2e-custody-receipt",
+        "e2e-custody-offer",
     }
     for data in VECTORS.values():
         assert decode_frame(data).encode() == data
@@ -87,6 +92,60 @@ def test_ack_vector_is_signed_by_the_destination() -> None:
     assert not body.verify(sender=A.address, destination=B.address, digest=payload_digest(b"x"))
     assert not body.verify(sender=R.address, destination=B.address, digest=DIGEST)
     assert not body.verify(sender=A.address, destination=R.address, digest=DIGEST)
+
+
+def test_batch_ack_vector_is_signed_once_for_every_entry() -> None:
+    frame = decode_frame(VECTORS["e2e-ack-batch"])
+    assert (frame.type, frame.src, frame.dst) == (FrameType.ACK, B.address, A.address)
+    body = decode_ack_batch_body(frame.body)
+    assert decode_any_ack(frame.body) == body and body.encode() == frame.body
+    assert body.entries == (
+        AckEntry(MID, 0, DIGEST),
+        AckEntry(bytes.fromhex("0102030405060709"), 1, payload_digest(b"world")),
+    )
+    assert body.signer_key == B.public.signing_key
+    assert body.verify(sender=A.address, destination=B.address)
+    assert not body.verify(sender=R.address, destination=B.address)
+    assert not body.verify(sender=A.address, destination=R.address)
+    echo_changed = replace(body, entries=(replace(body.entries[0], echo_attempt=9),
+                                          body.entries[1]))  # fmt: skip
+    assert echo_changed.verify(sender=A.address, destination=B.address)  # not signed
+    for changed in (replace(body.entries[0], digest=payload_digest(b"x")),
+                    replace(body.entries[0], message_id=b"\0" * 8)):  # fmt: skip
+        assert not replace(body, entries=(changed, body.entries[1])).verify(
+            sender=A.address, destination=B.address)  # fmt: skip
+    # Neither a version-1 ACK nor a receipt can be made of its signature.
+    v1 = AckBody(MID, 0, body.signer_key, body.signature)
+    assert not v1.verify(sender=A.address, destination=B.address, digest=DIGEST)
+    assert decode_any_ack(VECTORS["e2e-ack"][46:]) == decode_ack_body(VECTORS["e2e-ack"][46:])
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b"", "body_version"),
+        (b"\x03" + b"\0" * 200, "body_version"),
+        (b"\x02\x01" + b"\0" * 50, "ack_body"),
+        (b"\x02\x00" + b"\0" * 96, "count"),
+        (b"\x02\x21" + b"\0" * (96 + 33 * 41), "count"),
+        (b"\x02\x02" + b"\0" * (96 + 41), "ack_body"),
+        (b"\x02\x01" + b"\0" * (96 + 42), "ack_body"),
+    ],
+)
+def test_batch_ack_decode_errors_name_the_field(data: bytes, field: str) -> None:
+    with pytest.raises(FrameDecodeError) as info:
+        decode_ack_batch_body(data) if data[:1] != b"\x03" else decode_any_ack(data)
+    assert info.value.field == field
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=1600))
+def test_any_ack_decoder_raises_only_frame_decode_errors(data: bytes) -> None:
+    with contextlib.suppress(FrameDecodeError):
+        decode_any_ack(data)
+    with contextlib.suppress(FrameDecodeError):
+        body = decode_ack_batch_body(b"\x02" + data)
+        assert decode_ack_batch_body(body.encode()) == body
 
 
 def test_receipt_vector_is_signed_by_the_custodian() -> None:
