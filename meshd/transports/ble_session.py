@@ -47,14 +47,19 @@ CLOSE_NORMAL, CLOSE_REFUSED, CLOSE_DUPLICATE, CLOSE_ERROR = 0, 1, 2, 3
 PIPE_HEADER = 1
 ATT_HEADER = 3  # opcode + handle of a notification / write request
 MIN_MTU, MAX_MTU = 23, 517
+MAX_ATTRIBUTE = 512
 _OPEN = struct.Struct(">BHB")
 _HANDSHAKE_MAX = 4096
+URGENT_MAX = 1024  # frames up to this size overtake bigger ones still waiting
 _WORD = struct.Struct(">I")
 
 
 def pdu_room(mtu: int) -> int:
-    """Fragment bytes one GATT value carries at this ATT MTU."""
-    return max(MIN_MTU, min(MAX_MTU, mtu)) - ATT_HEADER - PIPE_HEADER
+    """Fragment bytes one GATT value carries at this ATT MTU: MTU - 3, and never more
+    than 512, the longest attribute value (Core 5.3 Vol 3 Part F 3.2.9), which is what
+    BlueZ refuses past ("Invalid Attribute Value Length") at MTU 516-517."""
+    mtu = max(MIN_MTU, min(MAX_MTU, mtu))
+    return min(mtu - ATT_HEADER, MAX_ATTRIBUTE) - PIPE_HEADER
 
 
 def control_pdu(session: int, ctype: int, body: bytes = b"") -> bytes:
@@ -141,8 +146,17 @@ class BleSession:
             max_bytes=HEADER_LEN + MAX_RECORD_BODY,
             timeout=self.config.reassembly_timeout,
         )
-        self._out: deque[bytes] = deque()  # PDUs to send (data and control)
+        # Records are sealed when their turn comes, not when queued, so that small ones
+        # (LINK_ACKs, announces, keepalives) can overtake big frames still waiting: the
+        # AEAD nonce order is the transmission order either way.
+        self._out: deque[bytes] = deque()  # PDUs ready: one record's fragments + control
+        self._urgent: deque[tuple[int, bytes]] = deque()  # (record type, plaintext)
+        self._bulk: deque[bytes] = deque()  # big DATA frames
+        self._queued: set[bytes] = set()  # frames waiting or in transmission
+        self._current: bytes | None = None  # the frame whose fragments are in _out
+        self._current_left = 0  # its data PDUs still in _out
         self._queued_bytes = 0
+        self.coalesced = 0  # retransmissions dropped: the same frame was still queued
         # Peripheral: data PDUs it may still notify. Central: data PDUs received since
         # its last CREDIT.
         self.credits = 0
@@ -175,6 +189,8 @@ class BleSession:
 
     def ready(self) -> bool:
         """Is the next queued PDU allowed out now (credits for data on a peripheral)?"""
+        if not self._current_left:
+            self._refill()
         if not self._out:
             return False
         return self.central or self.credits > 0 or bool(self._out[0][0] & CONTROL)
@@ -182,35 +198,46 @@ class BleSession:
     def take_pdus(self, limit: int = 1 << 30) -> list[bytes]:
         """Up to ``limit`` PDUs that may go out now, in order."""
         out: list[bytes] = []
-        while self._out and len(out) < limit and self.ready():
+        while len(out) < limit and self.ready():
             pdu = self._out.popleft()
             self._queued_bytes -= len(pdu)
-            if not self.central and not pdu[0] & CONTROL:
-                self.credits -= 1
+            if not pdu[0] & CONTROL:
+                self._current_left -= 1
+                if not self.central:
+                    self.credits -= 1
             out.append(pdu)
         return out
 
     @property
     def pending(self) -> int:
-        return len(self._out)
+        return len(self._out) + len(self._urgent) + len(self._bulk)
 
     def send_frame(self, frame: bytes) -> bool:
         """Queue one mesh frame; False (dropped) if the link is not up or the queue full."""
         if not self.up or len(frame) > MAX_FRAME_LEN:
             self.frames_dropped += 1
             return False
+        if frame in self._queued:
+            self.coalesced += 1  # a retransmission of a frame that has not left yet
+            return True
         if self._queued_bytes + len(frame) > self.config.max_queue_bytes:
             self.frames_dropped += 1  # the router's hop-by-hop ARQ resends
             return False
-        self._send_sealed(RecordType.DATA, frame)
+        self._queued.add(frame)
+        self._queued_bytes += len(frame)
+        if len(frame) <= URGENT_MAX:
+            self._urgent.append((RecordType.DATA, frame))
+        else:
+            self._bulk.append(frame)
         return True
 
     def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         """Orderly close: a sealed CLOSE record if the channel is up, then a CLOSE PDU."""
         if self.closed:
             return
+        self._drop_waiting()
         if self._channel is not None:
-            self._send_sealed(RecordType.CLOSE, bytes([code]))
+            self._enqueue(self._seal(RecordType.CLOSE, bytes([code])))
         self._out.append(control_pdu(self.session, CLOSE, bytes([code])))
         self.closed = True
         self.close_reason = reason
@@ -243,8 +270,14 @@ class BleSession:
             cfg.keepalive_interval
         ):
             self.last_tx = now
-            self._send_sealed(RecordType.PING, b"")
+            self._urgent.append((RecordType.PING, b""))
         self._reassembler.expire(now=now)
+
+    def ping(self, *, now: float) -> None:
+        """A PING now (the peer's PONG proves it is still there)."""
+        if self._channel is not None and not self.closed:
+            self.last_tx = now
+            self._urgent.append((RecordType.PING, b""))
 
     # --- internals ----------------------------------------------------------------------
     def _receive(self, pdu: Pdu, now: float) -> None:
@@ -293,7 +326,7 @@ class BleSession:
         if rtype == RecordType.DATA:
             self.frames.append(plain)
         elif rtype == RecordType.PING:
-            self._send_sealed(RecordType.PONG, plain)
+            self._urgent.append((RecordType.PONG, plain))
         elif rtype == RecordType.CLOSE:
             self.closed = True
             self.peer_closed = True
@@ -323,10 +356,35 @@ class BleSession:
     def _send_record(self, rtype: int, body: bytes) -> None:
         self._enqueue(encode_record(rtype, body))
 
-    def _send_sealed(self, rtype: int, body: bytes) -> None:
+    def _seal(self, rtype: int, body: bytes) -> bytes:
         assert self._channel is not None
         header, ciphertext = self._channel.seal(rtype, body)
-        self._enqueue(header + ciphertext)
+        return header + ciphertext
+
+    def _refill(self) -> None:
+        """The previous record has left: seal the next one (urgent first) into PDUs."""
+        if self._current is not None:
+            self._queued.discard(self._current)
+            self._current = None
+        if self._channel is None or self.closed:
+            return
+        if self._urgent:
+            rtype, body = self._urgent.popleft()
+        elif self._bulk:
+            rtype, body = RecordType.DATA, self._bulk.popleft()
+        else:
+            return
+        if rtype == RecordType.DATA:
+            self._queued_bytes -= len(body)
+            self._current = body
+        self._enqueue(self._seal(rtype, body))
+
+    def _drop_waiting(self) -> None:
+        """Forget records not sealed yet (closing: they will never be sent)."""
+        self._urgent.clear()
+        self._bulk.clear()
+        self._queued.clear()
+        self._queued_bytes = sum(len(p) for p in self._out)
 
     def _enqueue(self, record: bytes) -> None:
         head = bytes((self.session,))
@@ -334,3 +392,4 @@ class BleSession:
             pdu = head + frag
             self._out.append(pdu)
             self._queued_bytes += len(pdu)
+            self._current_left += 1

@@ -36,13 +36,13 @@ def _pump(central: BleSession, periph: BleSession, mtu: int, *, now: float = 0.0
     while True:
         moved = False
         for pdu in central.take_pdus(4):  # writes with response: one at a time really
-            assert len(pdu) <= mtu - 3
+            assert len(pdu) <= min(mtu - 3, 512)
             periph.receive(parse_pdu(pdu), now=now)
             moved = True
         burst = periph.take_pdus()
         most = max(most, sum(1 for p in burst if not p[0] & CONTROL))
         for pdu in burst:
-            assert len(pdu) <= mtu - 3
+            assert len(pdu) <= min(mtu - 3, 512)
             central.receive(parse_pdu(pdu), now=now)
             moved = True
         if not moved:
@@ -63,8 +63,8 @@ def test_handshake_then_frames_both_ways_with_credits(mtu: int) -> None:
     most = _pump(central, periph, mtu)
     assert most <= 8  # never more notifications than the window
     assert periph.frames == [big]
-    assert central.frames == [big, b"small"]
-    assert pdu_room(mtu) == mtu - 4
+    assert central.frames == [b"small", big]  # the small frame overtook the waiting big one
+    assert pdu_room(mtu) == min(mtu - 3, 512) - 1
 
 
 def test_keepalive_and_dead_link() -> None:
@@ -115,3 +115,25 @@ def test_frames_dropped_before_handshake_and_past_the_queue_bound() -> None:
     assert central.send_frame(b"y" * 600)
     assert not central.send_frame(b"z" * 600)
     assert central.frames_dropped == 2
+
+
+def test_small_frames_overtake_big_ones_and_retransmissions_coalesce() -> None:
+    central, periph = _pair(23)
+    _pump(central, periph, 23)
+    big = b"B" * 5000
+    assert central.send_frame(big)
+    first = central.take_pdus(3)  # the big frame has started
+    assert len(first) == 3
+    assert central.send_frame(big)  # a retransmission while it is still going out
+    assert central.coalesced == 1
+    assert central.send_frame(b"ack-1")
+    assert central.send_frame(b"C" * 3000)
+    assert central.send_frame(b"ack-2")
+    for pdu in first:
+        periph.receive(parse_pdu(pdu), now=0.0)
+    _pump(central, periph, 23)
+    # The big frame in flight finishes first; then small frames, then the other big one.
+    assert periph.frames == [big, b"ack-1", b"ack-2", b"C" * 3000]
+    assert central.send_frame(big)  # gone: a new retransmission is queued again
+    _pump(central, periph, 23)
+    assert periph.frames[-1] == big and central.coalesced == 1
