@@ -145,6 +145,24 @@ class E2eSessions(SessionManager):
             self.tables.drop_held(src)
             self.actions.append(Notice("connection_cancelled", src, "incoming"))
 
+    def init_flags(self, peer: NodeAddress) -> sw.InitFlags:
+        if self._request(peer, OUTGOING) is not None:
+            return sw.InitFlags.REQUEST
+        return sw.InitFlags.NONE
+
+    def on_reset(self, src: NodeAddress, frame: sw.SessionReset, *, now: float) -> None:
+        req = self._request(src, OUTGOING)
+        before = len(self.actions)
+        super().on_reset(src, frame, now=now)
+        s = self._sessions.get(src)
+        if req is None or req.group_id != frame.group_id or s is None:
+            return
+        if s.group_id != frame.group_id:  # rebuilt: the request now names the new group
+            self.tables.put_request(replace(req, group_id=s.group_id))
+            resent = any(isinstance(a, SendPayload) for a in list(self.actions)[before:])
+            if not resent:
+                self._bare_request(s)  # it carried no message: ask again
+
     # --- the user's side ---------------------------------------------------------------
     def connect(
         self,

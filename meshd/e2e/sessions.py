@@ -328,8 +328,8 @@ class SessionManager:
         flags: sw.InitFlags = sw.InitFlags.NONE,
     ) -> bytes:
         sealed = sw.Sealed(sw.SealedType.APP, message_id, envelope).encode()
-        ciphertext = self.engine.encrypt(s.group_id, sealed)  # persisted before it returns
-        payload = self._frame(s, ciphertext, flags)
+        ciphertext = self.engine.encrypt(s.group_id, sealed)  # saved before frames leave
+        payload = self._frame(s, ciphertext, flags | self.init_flags(s.peer))
         self.tables.add_sealed(
             SealedRow(carrier_id, message_id, s.peer, s.group_id, payload, now, expires_at, False)
         )
@@ -410,6 +410,10 @@ class SessionManager:
 
     def on_connection_frame(self, src: NodeAddress, frame: sw.SessionFrame, *, now: float) -> None:
         """CONN_* frames (connection requests live in meshd/e2e/requests.py)."""
+
+    def init_flags(self, peer: NodeAddress) -> sw.InitFlags:
+        """Flags for SESSION_INITs to ``peer`` (policy hook: a pending request)."""
+        return sw.InitFlags.NONE
 
     def accepts(self, src: NodeAddress, frame: sw.SessionInit) -> bool:
         """Whether a first message from ``src`` may open a session (policy hook)."""

@@ -323,3 +323,21 @@ def test_sessions_survive_a_restart(ab: tuple[Peer, Peer]) -> None:
     send(b, a, b"and back")
     out = run([a, b])
     assert delivered(out, b) == [b"after restart"] and delivered(out, a) == [b"and back"]
+
+
+def test_request_whose_key_package_died_is_rebuilt_after_accept(tmp_path: Path) -> None:
+    """B restarts between publishing and accepting: accepting answers the held Welcome
+    with SESSION_RESET, A rebuilds the request, and the session comes up."""
+    a = make_peer(tmp_path, "a")
+    b = make_peer(tmp_path, "b", AcceptFrom.CONTACTS)
+    publish(b, a)
+    a.e2e.connect(b.address, "chat", now=T0)
+    run([a, b])
+    b.restart()
+    b.e2e.accept(a.address, now=T0 + 1)
+    out = run([a, b], now=T0 + 1)
+    assert notices(out, "session_reset_sent")
+    assert a.e2e.info(b.address).established and a.e2e.requests() == []
+    assert notices(out, "connection_accepted")
+    send(a, b, b"finally")
+    assert delivered(run([a, b]), b) == [b"finally"]
