@@ -246,7 +246,7 @@ class GroupMessages:
         self._authorize(caller)
         if not members:
             raise InvalidArgument("no members given", field="members")
-        self.groups_manager.state(group_id)
+        self.groups_manager.require_admin(group_id)
         kps = await asyncio.gather(
             *(self.key_package_for(a, timeout=KEY_PACKAGE_TIMEOUT_S) for a in members)
         )

@@ -87,6 +87,10 @@ class GroupManager(GroupReceiver):
             raise NotFound("no such group", field="group_id")
         return st
 
+    def require_admin(self, group_id: bytes) -> None:
+        """Raise unless this node may add/remove members now (before fetching key packages)."""
+        self._admin_state(group_id)
+
     # -- local operations ---------------------------------------------------------------
 
     def create(
