@@ -406,3 +406,19 @@ def test_batched_writes_keep_order_and_ids_across_reopen(tmp_path: Path) -> None
     ids = s2._read("SELECT id FROM history ORDER BY id")
     assert [r[0] for r in ids] == [1, 2, 3, 4]
     s2.close()
+
+
+def test_writes_to_other_tables_keep_the_batch_and_readers_still_see_it(store: Store) -> None:
+    """Only a statement naming a table with queued rows runs the queue first: the e2e
+    layer's writes between sends no longer split the batch, and reads stay consistent."""
+    _send(store, b"q" * 8)
+    store.claim_app("other", 1000, 1.0)  # apps: another table
+    store.set_path(B, A, 1, 1.0, now=1.0)
+    assert store._pending_rows > 0
+    assert store.app_owner("other") == 1000 and store._pending_rows > 0
+    msg = store.get_message("chat", b"q" * 8)  # history: the queue runs first
+    assert msg is not None and msg.state is DeliveryState.QUEUED
+    assert store._pending_rows == 0
+    _send(store, b"r" * 8)
+    rows = store._read("SELECT COUNT(*) FROM OUTBOX")  # any spelling of the table name
+    assert rows[0][0] == 2 and store._pending_rows == 0
