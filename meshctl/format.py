@@ -207,4 +207,10 @@ def event_line(ev: mpb.Event) -> str:
         name = mpb.SessionEventKind.Name(se.kind).removeprefix("SESSION_EVENT_KIND_").lower()
         return head + f"{name.replace('_', ' ')} {se.peer}" + (f" ({se.detail})" if se.detail
                                                                 else "")  # fmt: skip
+    if kind == "group":
+        g = ev.group
+        name = mpb.GroupEventKind.Name(g.kind).removeprefix("GROUP_EVENT_KIND_").lower()
+        who = f" {g.peer}" if g.peer else ""
+        extra = f" ({g.detail})" if g.detail else ""
+        return head + f"group {g.group_id[:16]} {name.replace('_', ' ')}{who}{extra}"
     return head + "unknown event (newer meshd?)"

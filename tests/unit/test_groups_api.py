@@ -24,3 +24,15 @@ def test_every_group_event_kind_converts() -> None:
         )
         seen.add(ev.group.kind)
     assert len(seen) == 7 and mpb.GROUP_EVENT_KIND_UNSPECIFIED not in seen
+
+
+def test_meshctl_watch_line_for_a_group_event() -> None:
+    from meshctl.format import event_line
+
+    ev = convert.event(
+        AppEvent(
+            9, AppEventKind.GROUP_ROLE_CHANGED, 1.0, peer=A, detail="group=0a0b role=admin by=x"
+        )
+    )
+    line = event_line(ev)
+    assert "group 0a0b role changed" in line and A.text in line and "(role=admin by=x)" in line
