@@ -69,7 +69,40 @@ def build_transports(cfg: Config, identity: Identity, log: Any) -> list[Transpor
     except Exception as exc:
         log.error("transport_unavailable", transport="inet", error=repr(exc))
         return []
-    return [inet]
+    return [inet, *build_ble(cfg, identity, log)]
+
+
+def build_ble(cfg: Config, identity: Identity, log: Any) -> list[Transport]:
+    """The BLE transport unless ``--no-ble``; without bleak/bless it is left out (said
+    once). Without an adapter it starts UNAVAILABLE and says so once (docs/ble.md)."""
+    if cfg.ble is False:
+        return []
+    try:
+        from meshd.transports.ble import BleConfig, BleTransport
+    except Exception as exc:  # the `ble` extra (bleak, bless, dbus-fast) is not installed
+        say = log.error if cfg.ble else log.info
+        say("transport_unavailable", transport="ble", error=repr(exc))
+        return []
+    return [
+        BleTransport(
+            identity,
+            config=BleConfig(adapter=cfg.ble_adapter, max_links=cfg.ble_max_links),
+            logger=log.bind(node=identity.address.short, transport="ble"),
+        )
+    ]
+
+
+def _ble_summary(node: Node) -> Any:
+    """What the BLE advertisement says about this node: (battery, charging, cluster id)."""
+
+    def summary() -> tuple[int | None, bool, int | None]:
+        try:
+            router = node.core.router
+        except MeshdError:  # not started yet
+            return None, False, None
+        return router.own_battery, bool(router.own.charging), router.own.cluster_id or None
+
+    return summary
 
 
 async def _start_api(node: Node, cfg: Config, log: Any) -> Any:
@@ -125,13 +158,23 @@ async def run(cfg: Config, *, notifier: SdNotifier | None = None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    built: list[Transport] = []
+
+    def transports(identity: Identity) -> list[Transport]:
+        built.extend(build_transports(cfg, identity, log))
+        return built
+
     node = Node.open(
         cfg.state_dir,
-        transports=lambda identity: build_transports(cfg, identity, log),
+        transports=transports,
         battery=cfg.battery,
         accept_from=cfg.accept_from,
         logger=log,
     )
+    for transport in built:
+        set_summary = getattr(transport, "set_summary_source", None)
+        if set_summary is not None:
+            set_summary(_ble_summary(node))
     server: Any = None
     keepalive: asyncio.Task[None] | None = None
     try:

@@ -13,6 +13,11 @@ Precedence, highest first: command-line flag, environment (``MESHD_SOCKET``,
     battery = 80                # fixed battery level 0..100 (tests, desktops)
     accept_from = "anyone"      # who may open a 1:1 session: anyone | contacts
 
+    [ble]                       # Bluetooth LE transport (docs/ble.md)
+    enabled = true              # default: on when an adapter exists (else logged once)
+    adapter = "hci0"
+    max_links = 4               # BLE links in both roles together, 1..15
+
 Unknown keys and bad values raise ``ConfigError`` naming the key.
 """
 
@@ -61,6 +66,9 @@ class Config:
     log_format: str = "auto"
     battery: int | None = None
     accept_from: str = "anyone"  # meshd/e2e/requests.py
+    ble: bool | None = None  # None: on if an adapter exists (the transport says so once)
+    ble_adapter: str = "hci0"
+    ble_max_links: int = 4
     config_file: Path | None = field(default=None, compare=False)
 
 
@@ -118,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--battery", metavar="N", help="fixed battery level 0..100")
     p.add_argument("--accept-from", metavar="WHO",
                    help="who may open a 1:1 session: anyone (default) or contacts")
+    ble = p.add_mutually_exclusive_group()
+    ble.add_argument("--ble", dest="ble", action="store_true", default=None,
+                     help="Bluetooth LE transport on (default: on if an adapter exists)")
+    ble.add_argument("--no-ble", dest="ble", action="store_false", help="no Bluetooth LE")
     p.add_argument("--version", action="version", version=f"meshd {__version__}")
     return p
 
@@ -132,7 +144,10 @@ _KEYS = (
     "log_level",
     "log_format",
     "battery",
+    "ble",
 )
+_BLE_KEYS = ("enabled", "adapter", "max_links")
+_ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -192,6 +207,32 @@ def _as_battery(value: object, key: str) -> int:
     return value
 
 
+def _ble_table(value: object) -> dict[str, Any]:
+    """The ``[ble]`` table (or a bare ``true``/``false`` from the command line)."""
+    if isinstance(value, bool):
+        return {"ble": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a table, got {value!r}", field="ble")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"ble.{key}"
+        if key == "enabled":
+            if not isinstance(item, bool):
+                raise ConfigError(f"expected true or false, got {item!r}", field=name)
+            out["ble"] = item
+        elif key == "adapter":
+            if not isinstance(item, str) or not _ADAPTER_RE.fullmatch(item):
+                raise ConfigError(f"expected an adapter name like hci0, got {item!r}", field=name)
+            out["ble_adapter"] = item
+        elif key == "max_links":
+            if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 15:
+                raise ConfigError(f"expected an integer 1..15, got {item!r}", field=name)
+            out["ble_max_links"] = item
+        else:
+            raise ConfigError(f"unknown key (known: {', '.join(_BLE_KEYS)})", field=name)
+    return out
+
+
 def _apply(cfg: Config, values: Mapping[str, object]) -> Config:
     """Return ``cfg`` with validated ``values`` (config-file or CLI spelling) applied."""
     changes: dict[str, Any] = {}
@@ -218,6 +259,8 @@ def _apply(cfg: Config, values: Mapping[str, object]) -> Config:
             if value not in ("anyone", "contacts"):
                 raise ConfigError(f"expected anyone or contacts, got {value!r}", field=key)
             changes[key] = value
+        elif key == "ble":
+            changes.update(_ble_table(value))
         else:  # pragma: no cover - _KEYS and this chain are kept in step
             raise ConfigError("unknown setting", field=key)
     return replace(cfg, **changes)
@@ -252,5 +295,6 @@ def load_config(
         "log_format": args.log_format,
         "battery": args.battery,
         "accept_from": args.accept_from,
+        "ble": args.ble,
     }
     return _apply(cfg, {k: v for k, v in cli.items() if v is not None})

@@ -115,6 +115,7 @@ class MeshdProcess:
         self.started_at = 0.0  # time.monotonic() of the latest start
         self.starts = 0
         self.extra_args: list[str] = []
+        self.env: dict[str, str] = {}  # extra environment, e.g. DBUS_SYSTEM_BUS_ADDRESS
         self._helpers: list[subprocess.Popen[str]] = []
 
     @property
@@ -140,6 +141,7 @@ class MeshdProcess:
         self.notify = _NotifyListener(self._notify_path)
         env = child_env(self.home)
         env["NOTIFY_SOCKET"] = str(self._notify_path)
+        env.update(self.env)
         argv = [
             sys.executable, "-m", "meshd",
             "--state-dir", str(self.state_dir),
