@@ -132,6 +132,7 @@ class MlsRsEngine(MlsEngine):
         install_fast_bytes_lowering()
         self._write_behind = write_behind
         self._dirty: set[bytes] = set()  # groups with a write-behind log
+        self._peeked: tuple[bytes, wire.MessageInfo] | None = None  # last peek (immutable)
         self._store = MlsStateStore(state_dir, at_rest_key=at_rest_key)
         blob = self._store.get_meta("signer")
         if blob is None:
@@ -362,10 +363,13 @@ class MlsRsEngine(MlsEngine):
         return ciphertext
 
     def peek(self, message: bytes) -> wire.MessageInfo:
-        return wire.peek(message)
+        info = wire.peek(message)
+        self._peeked = (message, info)  # the caller usually processes it next
+        return info
 
     def process(self, message: bytes) -> Incoming:
-        info = wire.peek(message)
+        peeked, self._peeked = self._peeked, None
+        info = peeked[1] if peeked is not None and peeked[0] is message else wire.peek(message)
         if info.group_id is None or info.epoch is None:
             raise InvalidArgument("only group messages can be processed", field="message")
         group = self._group(info.group_id)
