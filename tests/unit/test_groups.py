@@ -19,6 +19,7 @@ from meshd.e2e.groups_events import (
     GroupLeft,
     GroupMessage,
     GroupRemoved,
+    KeyPackageNeeded,
     MemberAdded,
     MemberRemoved,
     PayloadRefused,
@@ -310,3 +311,40 @@ def test_256_member_group_add_and_fan_out(tmp_path: Path) -> None:
     net.run(2.0)
     assert net.peers["b"].texts(gid) == [b"hello 256"] == net.peers["c"].texts(gid)
     net.close()
+
+
+def test_add_lost_in_a_fork_is_redone_with_a_fresh_key_package(tmp_path: Path) -> None:
+    """Admin a adds f on one side while admin b updates on the other. When the Add loses,
+    a asks for a fresh key package (the daemon's key_package_for), invites f again, and f
+    replaces the group it joined on the losing branch with the new Welcome."""
+    lost_add_seen = False
+    for seed in range(1, 13):  # commit ids are random: stop once the Add has lost (p=1/2)
+        net = Net(tmp_path / str(seed), seed=seed)
+        for name in "abcdf":
+            net.add(name)
+        gid = net.group("a", "bcd")
+        a, b = net.peers["a"], net.peers["b"]
+        net.out(a, a.mgr.set_role(gid, b.address, Role.ADMIN, now=net.now))
+        net.run(3.0)
+        net.sides = [set("acf"), set("bd")]
+        net.out(a, a.mgr.invite(gid, [(net.kp("f"), Role.MEMBER)], now=net.now))
+        net.out(b, b.mgr.self_update(gid, now=net.now))
+        net.run(3.0)
+        assert net.peers["f"].mgr.state(gid).epoch == net.peers["a"].mgr.state(gid).epoch
+        net.sides = None
+        for _ in range(6):
+            for name in "abcdf":
+                net.send(name, gid, b"ping")
+            net.run(4.0)
+        everyone = "abcdf"
+        assert len(net.tips(gid, everyone)) == 1, net.tips(gid, everyone)
+        assert len(net.secrets(gid, everyone)) == 1
+        assert net.peers["f"].address in net.peers["d"].mgr.state(gid).view.roles
+        lost_add_seen = any(isinstance(e, KeyPackageNeeded) for e in a.events)
+        net.send("f", gid, b"f talks")
+        net.run(3.0)
+        assert all(net.peers[n].texts(gid)[-1:] == [b"f talks"] for n in "abcd")
+        net.close()
+        if lost_add_seen:
+            break
+    assert lost_add_seen

@@ -20,7 +20,13 @@ from meshd.crypto.identity import Identity
 from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e.group_wire import Role
 from meshd.e2e.groups import GroupManager
-from meshd.e2e.groups_events import GroupConfig, GroupEvent, GroupMessage, Output
+from meshd.e2e.groups_events import (
+    GroupConfig,
+    GroupEvent,
+    GroupMessage,
+    KeyPackageNeeded,
+    Output,
+)
 
 
 @dataclass
@@ -94,6 +100,11 @@ class Net:
         src.events.extend(output.events)
         for dst, payload in output.sends:
             self._push(src.address, dst, payload, self.rng.uniform(0.01, 0.3))
+        for ev in output.events:
+            if isinstance(ev, KeyPackageNeeded):  # what the daemon does (key_package_for)
+                invitee = self.by_address[ev.address]
+                kp = invitee.engine.generate_key_package(now=self.now).data
+                self.out(src, src.mgr.invite(ev.group_id, [(kp, ev.role)], now=self.now))
         return output
 
     def _push(self, src: NodeAddress, dst: NodeAddress, payload: bytes, delay: float) -> None:
