@@ -71,6 +71,7 @@ class GroupManager(GroupReceiver):
         self._groups: dict[bytes, GroupState] = {}
         self._out = Output()
         self._reassembler = Reassembler()
+        self._stashed = []
         known = set(engine.groups())
         for st in states:
             if st.group_id in known:

@@ -22,13 +22,21 @@ class GroupConfig:
     leave_stagger_s: float = 10.0
     #: Messages held for missing commits are dropped after this.
     buffer_ttl_s: float = 300.0
+    #: Payloads for a group not joined yet are held this long (its Welcome may be late).
+    stash_ttl_s: float = 60.0
     #: Largest mesh payload; bigger group payloads are fragmented.
     max_payload: int = MAX_PAYLOAD_LEN
 
     def __post_init__(self) -> None:
         from meshd.errors import InvalidArgument
 
-        for name in ("update_interval_s", "catchup_retry_s", "leave_stagger_s", "buffer_ttl_s"):
+        for name in (
+            "update_interval_s",
+            "catchup_retry_s",
+            "leave_stagger_s",
+            "buffer_ttl_s",
+            "stash_ttl_s",
+        ):
             if not getattr(self, name) > 0:
                 raise InvalidArgument("must be positive", field=name)
         if not 64 <= self.max_payload <= MAX_PAYLOAD_LEN:

@@ -63,6 +63,7 @@ from meshd.errors import (
 
 Targets = tuple[tuple[NodeAddress, Role], ...]
 _CATCHUP_SERVED = 64  # commits per catch-up response (more are asked for again)
+STASH_MAX = 64  # payloads held for groups this node has not joined (yet)
 
 
 class _Refused(Exception):
@@ -83,6 +84,7 @@ class GroupReceiver:
     _groups: dict[bytes, GroupState]
     _out: Output
     _reassembler: Reassembler
+    _stashed: list[tuple[bytes, Buffered]]
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -128,7 +130,10 @@ class GroupReceiver:
         gid, epoch = info.group_id, info.epoch or 0
         st = self._groups.get(gid)
         if st is None:
-            return  # not (or no longer) a member: nothing to do with it
+            # Not a member (yet): the Welcome may still be on its way (the mesh does not
+            # keep order); held briefly, then dropped.
+            self._stash(gid, Buffered(src, epoch, payload, received_at), now)
+            return
         if st.orphaned or epoch > st.epoch:
             self._buffer(st, src, epoch, payload, received_at)
             self._request_catchup(st, src, st.epoch, now=now)
@@ -185,6 +190,7 @@ class GroupReceiver:
         gid, epoch = info.group_id, info.epoch
         st = self._groups.get(gid)
         if st is None:
+            self._stash(gid, Buffered(src, epoch, payload, received_at), now)
             return
         entry = st.log.get(epoch)
         if entry is not None and entry.commit_id == env.id:
@@ -398,6 +404,9 @@ class GroupReceiver:
         self._groups[gid] = st
         self._out.changed.add(gid)
         self._out.events.append(GroupJoined(gid, w.name, inviter, joined.epoch))
+        st.buffered = [b for g, b in self._stashed if g == gid]
+        self._stashed = [(g, b) for g, b in self._stashed if g != gid]
+        self._drain(st, now)
 
     def _replaceable_group(self, w: GroupWelcome, inviter: NodeAddress) -> bytes | None:
         """The group a Welcome re-adds us to, if we may replace our copy: signed by an admin
@@ -443,6 +452,16 @@ class GroupReceiver:
         self._out.changed.add(st.group_id)
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _stash(self, gid: bytes, item: Buffered, now: float) -> None:
+        """Hold a payload for a group we are not in, in case its Welcome comes later."""
+        ttl = self.config.stash_ttl_s
+        self._stashed = [(g, b) for g, b in self._stashed if b.received_at + ttl > now]
+        if any(b.payload == item.payload for _, b in self._stashed):
+            return
+        if len(self._stashed) >= STASH_MAX:
+            self._stashed.pop(0)
+        self._stashed.append((gid, item))
 
     def _buffer(
         self, st: GroupState, src: NodeAddress, epoch: int, payload: bytes, received_at: float

@@ -348,3 +348,21 @@ def test_add_lost_in_a_fork_is_redone_with_a_fresh_key_package(tmp_path: Path) -
         if lost_add_seen:
             break
     assert lost_add_seen
+
+
+def test_messages_overtaking_the_welcome_are_held_until_the_join(net: Net) -> None:
+    for name in "abc":
+        net.add(name)
+    a, c = net.peers["a"], net.peers["c"]
+    gid = net.group("a", "b")
+    invite = a.mgr.invite(gid, [(net.kp("c"), Role.MEMBER)], now=net.now)
+    welcome = [p for d, p in invite.sends if d == c.address]
+    update = [p for d, p in a.mgr.self_update(gid, now=net.now).sends if d == c.address]
+    _, sent = a.mgr.send(gid, "chat", b"early bird", now=net.now)
+    data = [p for d, p in sent.sends if d == c.address]
+    for payload in data + update:  # the mesh delivered these first
+        assert c.mgr.receive(a.address, payload, now=net.now).events == []
+    out = net.out(c, c.mgr.receive(a.address, welcome[0], now=net.now))
+    assert [type(e).__name__ for e in out.events][:1] == ["GroupJoined"]
+    assert c.texts(gid) == [b"early bird"]
+    assert c.mgr.state(gid).epoch == a.mgr.state(gid).epoch
