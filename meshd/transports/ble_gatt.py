@@ -19,6 +19,7 @@ from meshd.transports.ble_advert import COMPANY_ID, RX_CHAR_UUID, SERVICE_UUID, 
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"
 _PROPS_IFACE = "org.freedesktop.DBus.Properties"
+APP_PATH = "/org/meshd/ble"
 
 
 class Refused(Exception):
@@ -188,6 +189,11 @@ class Peripheral:
         self._server = server
         server.read_request_func = lambda _char, **_kw: bytearray()
         server.write_request_func = self._write
+        await server.setup_task
+        # bless puts its objects under /org/bluez/<name>; bleak (and any BlueZ client)
+        # watches InterfacesAdded under /org/bluez/ from every sender and chokes on a
+        # GattService1 without "Device" (KeyError in bleak's manager). Ours live apart.
+        server.app.base_path = APP_PATH
         await server.add_new_service(SERVICE_UUID)
         await server.add_new_characteristic(
             SERVICE_UUID, RX_CHAR_UUID, Prop.write, None, Perm.writeable
