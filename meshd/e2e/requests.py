@@ -181,6 +181,12 @@ class E2eSessions(SessionManager):
         s = self._sessions.get(dst)
         if s is not None and s.confirmed:
             raise AlreadyExists(f"already connected to {dst.text}", field="address")
+        if self._request(dst, INCOMING) is not None:
+            raise FailedPrecondition(
+                f"{dst.text} already asked to connect: accept its request instead "
+                f"(`meshctl requests accept {dst.text}`)",
+                field="address",
+            )
         if self._request(dst, OUTGOING) is not None:
             raise AlreadyExists(f"a request to {dst.text} is already pending", field="address")
         if len(self.tables.requests(OUTGOING)) >= MAX_OUTGOING_REQUESTS:
@@ -288,4 +294,4 @@ class E2eSessions(SessionManager):
             self.actions.append(Expired(p.message_id, reason))
 
 
-__all__ = ["AcceptFrom", "E2eSessions", "FailedPrecondition", "RequestInfo"]
+__all__ = ["AcceptFrom", "E2eSessions", "RequestInfo"]

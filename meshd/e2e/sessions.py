@@ -41,6 +41,7 @@ from meshd.errors import (
     InvalidArgument,
     MeshdError,
     NotFound,
+    ResourceExhausted,
     WireError,
 )
 from meshd.store.sessions import PendingRow, SealedRow, SessionRow, SessionTables
@@ -56,6 +57,8 @@ KP_RESPONSE_REUSE_S = 60.0
 RESET_INTERVAL_S = 10.0
 #: Finished sealed carriers are kept this long (a RESET re-sends what a group carried).
 SEALED_KEEP_S = 3600.0
+#: Messages waiting for a key package, all peers together (the core's outbox bound).
+MAX_PENDING = 10_000
 _CACHE_MAX = 4096
 
 
@@ -310,6 +313,10 @@ class SessionManager:
             if kp is not None:
                 s = self._create(dst, kp, now=now)
         if s is None:
+            if self.tables.pending_count() >= MAX_PENDING:
+                raise ResourceExhausted(
+                    f"{MAX_PENDING} messages already wait for key packages", field="dst"
+                )
             self.tables.add_pending(PendingRow(message_id, dst, now, expires_at, int(flags)))
             self.request_kp(dst, now=now)
             return None

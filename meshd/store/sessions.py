@@ -117,6 +117,9 @@ class SessionTables:
         rows = self._r(sql + " ORDER BY created_at", params)
         return [_guard(_pending, row) for row in rows]
 
+    def pending_count(self) -> int:
+        return int(self._r("SELECT count(*) FROM e2e_pending")[0][0])
+
     def delete_pending(self, message_id: bytes) -> None:
         self._w("DELETE FROM e2e_pending WHERE message_id = ?", (message_id,))
 

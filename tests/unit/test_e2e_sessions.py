@@ -16,6 +16,7 @@ from meshd.e2e import session_wire as sw
 from meshd.e2e.requests import AcceptFrom, E2eSessions
 from meshd.e2e.sessions import Deliver, Expired, Notice, SendPayload
 from meshd.envelope import Envelope
+from meshd.errors import FailedPrecondition, ResourceExhausted
 from meshd.store import Store
 from meshd.store.sessions import SessionTables
 
@@ -341,3 +342,25 @@ def test_request_whose_key_package_died_is_rebuilt_after_accept(tmp_path: Path) 
     assert notices(out, "connection_accepted")
     send(a, b, b"finally")
     assert delivered(run([a, b]), b) == [b"finally"]
+
+
+def test_connect_to_a_peer_that_asked_first_says_accept_instead(tmp_path: Path) -> None:
+    a = make_peer(tmp_path, "a")
+    b = make_peer(tmp_path, "b", AcceptFrom.CONTACTS)
+    send(a, b, b"hi")
+    run([a, b])
+    with pytest.raises(FailedPrecondition, match="requests accept"):
+        b.e2e.connect(a.address, "chat", now=T0)
+
+
+def test_messages_waiting_for_key_packages_are_bounded(
+    ab: tuple[Peer, Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshd.e2e import sessions
+
+    a, b = ab
+    monkeypatch.setattr(sessions, "MAX_PENDING", 2)
+    send(a, b, b"1")
+    send(a, b, b"2")
+    with pytest.raises(ResourceExhausted):
+        send(a, b, b"3")
