@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshd.address import NodeAddress
 from meshd.crypto.mls.wire import MessageInfo
@@ -71,10 +71,16 @@ class Member:
     signature_key: bytes
     verified: bool
     identity: bytes  # the raw BasicCredential identity (endorsement included)
+    # Derived on first use: a roster's Member objects name the sender of every message
+    # (SHA-256 per call was 2 % of the receiving daemon's Python time).
+    _address: NodeAddress | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def address(self) -> NodeAddress:
-        return NodeAddress.from_public_key(self.node_key)
+        if self._address is None:
+            object.__setattr__(self, "_address", NodeAddress.from_public_key(self.node_key))
+        assert self._address is not None
+        return self._address
 
 
 @dataclass(frozen=True, slots=True)
