@@ -111,6 +111,7 @@ class E2eSessions(SessionManager):
     # --- receiving hooks ---------------------------------------------------------------
     _now: float = 0.0
     _hops: int = 0
+    _with_message = False
 
     def receive(self, src: NodeAddress, payload: bytes, *, hops: int, now: float) -> None:
         self._now, self._hops = now, hops
@@ -201,8 +202,12 @@ class E2eSessions(SessionManager):
         self.actions.append(Notice("connection_request", dst, "outgoing", app_id=app_id))
         if first is not None:
             mid, env, expires = first
-            return self.seal_or_queue(dst, env, mid, now=now, expires_at=expires,
-                                      flags=sw.InitFlags.REQUEST)  # fmt: skip
+            self._with_message = True  # the first message carries the request
+            try:
+                return self.seal_or_queue(dst, env, mid, now=now, expires_at=expires,
+                                          flags=sw.InitFlags.REQUEST)  # fmt: skip
+            finally:
+                self._with_message = False
         if s is None:
             kp = self.take_kp(dst, now=now)
             if kp is None:
@@ -222,7 +227,8 @@ class E2eSessions(SessionManager):
         req = self._request(peer, OUTGOING)
         if req is not None and req.group_id is None:
             self.tables.put_request(replace(req, group_id=row.group_id))
-            if not any(p.flags & sw.InitFlags.REQUEST for p in self.tables.pending(peer)):
+            waiting = any(p.flags & sw.InitFlags.REQUEST for p in self.tables.pending(peer))
+            if not waiting and not self._with_message:
                 self._bare_request(row)  # a request without a first message
         return row
 

@@ -364,3 +364,21 @@ def test_messages_waiting_for_key_packages_are_bounded(
     send(a, b, b"2")
     with pytest.raises(ResourceExhausted):
         send(a, b, b"3")
+
+
+def test_request_with_a_first_message_sends_one_init(tmp_path: Path) -> None:
+    a = make_peer(tmp_path, "a")
+    b = make_peer(tmp_path, "b", AcceptFrom.CONTACTS)
+    publish(b, a)
+    mid = os.urandom(8)
+    a.store.add_outgoing(message_id=mid, app_id="chat", dst=b.address, content=b"hi",
+                         created_at=T0, expires_at=T0 + 60)  # fmt: skip
+    payload = a.e2e.connect(b.address, "chat", now=T0,
+                            first=(mid, Envelope("chat", b"hi"), T0 + 60))  # fmt: skip
+    assert payload is not None
+    frame = sw.decode(payload)
+    assert isinstance(frame, sw.SessionInit) and frame.flags == sw.InitFlags.REQUEST
+    assert not [x for x in a.e2e.actions if isinstance(x, SendPayload)]  # no bare request
+    a.e2e.actions.append(SendPayload(b.address, payload, mid))
+    run([a, b])
+    assert [r.messages for r in b.e2e.requests("incoming")] == [1]
