@@ -149,7 +149,10 @@ class SessionManager:
     def publish(self, *, now: float) -> bytes | None:
         """New announce extensions when the published key package must change, else None."""
         kp = self.published
-        if kp is not None and now < kp.created_at + KP_ROTATE_S and now < kp.expires_at:
+        # A Welcome of the group layer may have used it too (engines that can tell).
+        used = getattr(self.engine, "key_package_used", None)
+        fresh = kp is not None and now < kp.created_at + KP_ROTATE_S and now < kp.expires_at
+        if kp is not None and fresh and not (callable(used) and used(kp.ref)):
             return None
         self.published = self.engine.generate_key_package(now=now)
         return sw.encode_extensions({sw.EXT_KEY_PACKAGE: self.published.data})

@@ -382,3 +382,17 @@ def test_request_with_a_first_message_sends_one_init(tmp_path: Path) -> None:
     a.e2e.actions.append(SendPayload(b.address, payload, mid))
     run([a, b])
     assert [r.messages for r in b.e2e.requests("incoming")] == [1]
+
+
+def test_published_key_package_used_elsewhere_is_rotated(ab: tuple[Peer, Peer]) -> None:
+    """The group layer joined a group with B's published key package: B publishes anew."""
+    a, b = ab
+    ext = b.e2e.publish(now=T0)
+    assert ext is not None and b.e2e.publish(now=T0 + 1) is None
+    kp = sw.decode_extensions(ext)[sw.EXT_KEY_PACKAGE]
+    gid = a.engine.create_group()
+    welcome = a.engine.add_members(gid, [kp], now=T0).welcome
+    assert welcome is not None
+    b.engine.join_group(welcome, now=T0)
+    fresh = b.e2e.publish(now=T0 + 2)
+    assert fresh is not None and fresh != ext

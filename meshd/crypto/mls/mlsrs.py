@@ -211,6 +211,12 @@ class MlsRsEngine(MlsEngine):
         self._store.save_key_package(KeyPackageRecord(ref, data, now, expires, self._run, False))
         return KeyPackage(data, ref, now, expires, lifetime["not_after"])
 
+    def key_package_used(self, ref: bytes) -> bool:
+        """Whether one of this node's key packages was consumed by a Welcome (or is
+        unknown: pruned, or from another run) — then it must not stay published."""
+        record = self._store.key_package(ref)
+        return record is None or record.used or record.run != self._run
+
     def inspect_key_package(self, data: bytes, *, now: float) -> Member:
         try:
             kp = wire.parse_key_package(data)
