@@ -48,8 +48,10 @@ from meshd.store.sessions import PendingRow, SealedRow, SessionRow, SessionTable
 
 #: Rotate the published key package this often (and after a restart, and once used).
 KP_ROTATE_S = 24 * 3600.0
-#: A KP_REQUEST is not repeated for a peer within this (its response is on its way).
+#: A KP_REQUEST is not repeated for a peer within this (its response is on its way);
+#: it lives twice as long in the outbox, so at most two are pending per peer.
 KP_REQUEST_INTERVAL_S = 30.0
+KP_REQUEST_LIFETIME_S = 2 * KP_REQUEST_INTERVAL_S
 #: At most this many fresh key packages per requesting peer within KP_RESPONSE_REUSE_S.
 KP_RESPONSE_BURST = 8
 KP_RESPONSE_REUSE_S = 60.0
@@ -247,7 +249,9 @@ class SessionManager:
         if not force and last is not None and now - last < KP_REQUEST_INTERVAL_S:
             return
         self._kp_requested[peer] = now
-        self.actions.append(SendPayload(peer, sw.KpRequest(os.urandom(8)).encode(), None))
+        request = sw.KpRequest(os.urandom(8)).encode()
+        # Short-lived: tick() asks again while messages wait (also after a restart).
+        self.actions.append(SendPayload(peer, request, None, KP_REQUEST_LIFETIME_S))
 
     def wait_kp(self, peer: NodeAddress, resolve: Callable[[bytes], None]) -> None:
         self._kp_waiters.setdefault(peer, []).append(resolve)
@@ -387,10 +391,18 @@ class SessionManager:
 
     def tick(self, *, now: float) -> None:
         """Expire waiting messages, forget old carriers (call every few seconds)."""
+        waiting: set[NodeAddress] = set()
         for p in self.tables.pending():
             if now >= p.expires_at:
                 self.tables.delete_pending(p.message_id)
                 self.actions.append(Expired(p.message_id, "no key package for the peer in time"))
+            else:
+                waiting.add(p.peer)
+        for peer in waiting:
+            if self.has_kp(peer):
+                self.flush(peer, now=now)
+            else:
+                self.request_kp(peer, now=now)  # at most every KP_REQUEST_INTERVAL_S
         self.tables.prune_sealed(before=now - SEALED_KEEP_S)
         self._resets = {g: t for g, t in self._resets.items() if now - t < RESET_INTERVAL_S}
 

@@ -139,12 +139,22 @@ def test_without_key_package_the_message_waits_then_expires(ab: tuple[Peer, Peer
     kinds_sent = [x.payload[0] for x in a.e2e.actions if isinstance(x, SendPayload)]
     assert kinds_sent == [sw.Kind.KP_REQUEST]
     a.e2e.actions.clear()
-    a.e2e.tick(now=T0 + 3599)
+    a.e2e.tick(now=T0 + 10)  # asked recently: not again
     assert not a.e2e.actions
+    a.e2e.tick(now=T0 + 3599)  # still waiting: ask again (the request may have been lost)
+    assert [x.payload[0] for x in a.e2e.actions] == [sw.Kind.KP_REQUEST]  # type: ignore[union-attr]
+    a.e2e.actions.clear()
     a.e2e.tick(now=T0 + 3601)
-    assert [x for x in a.e2e.actions if isinstance(x, Expired)] == [
-        Expired(mid, "no key package for the peer in time")
-    ]
+    assert list(a.e2e.actions) == [Expired(mid, "no key package for the peer in time")]
+
+
+def test_waiting_messages_ask_again_after_a_restart(ab: tuple[Peer, Peer]) -> None:
+    a, b = ab
+    send(a, b, b"lost request")
+    a.e2e.actions.clear()  # the KP_REQUEST died with the process
+    a.restart()
+    a.e2e.tick(now=T0 + 1)
+    assert delivered(run([a, b], now=T0 + 1), b) == [b"lost request"]
 
 
 def test_key_package_request_round_trip_flushes_waiting_messages(ab: tuple[Peer, Peer]) -> None:
