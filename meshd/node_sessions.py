@@ -31,6 +31,7 @@ from meshd.errors import (
     InvalidArgument,
     MeshdError,
     PermissionDenied,
+    StoreError,
     Unavailable,
 )
 from meshd.node_api import AppEventKind, Caller
@@ -157,14 +158,16 @@ class SessionMessages:
 
     def _e2e_tick(self) -> None:
         assert self._loop is not None
+        self._e2e_timer = self._loop.call_later(_TICK_S, self._e2e_tick)
         try:
             self.e2e.tick(now=time.time())
             self._e2e_publish()
             self._e2e_drain(time.time())
         except MeshdError as exc:
             self.log.error("e2e_tick_failed", error=str(exc))
+        except Exception:  # a bug must not stop expiry and key package rotation
+            self.log.exception("e2e_tick_failed")
         self._schedule_pump()
-        self._e2e_timer = self._loop.call_later(_TICK_S, self._e2e_tick)
 
     def _e2e_publish(self) -> None:
         """Put a fresh key package in the announce when the current one is used or old."""
@@ -178,11 +181,22 @@ class SessionMessages:
         """A verified announce (with its extensions) of ``event.address`` arrived."""
         if self._e2e is None or not event.extensions:
             return
-        self._e2e.learn_extensions(event.address, event.extensions, now=wall)
+        try:
+            self._e2e.learn_extensions(event.address, event.extensions, now=wall)
+        except StoreError:
+            raise
+        except Exception:  # a peer's announce must never take the node down
+            self.log.exception("e2e_extensions_failed", peer=event.address.short)
         self._e2e_drain(wall)
 
     def _session_payload(self, event: MessageReceived, wall: float) -> None:
-        self.e2e.receive(event.src, event.payload, hops=event.hops + 1, now=wall)
+        try:
+            self.e2e.receive(event.src, event.payload, hops=event.hops + 1, now=wall)
+        except StoreError:
+            raise  # the pump logs it; the rest of the pass goes on
+        except Exception:  # peer input must never take the node down
+            self.log.exception("e2e_receive_failed", peer=event.src.short,
+                               kind=event.payload[0], size=len(event.payload))  # fmt: skip
         self._e2e_drain(wall)
 
     def _sessions_plaintext(self, event: MessageReceived, wall: float) -> None:
