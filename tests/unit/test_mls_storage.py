@@ -130,3 +130,12 @@ def test_history_keeps_the_last_state_of_each_epoch_and_rolls_back(tmp_path: Pat
         store.write_group(b"g", b"s%d" % epoch, epoch, [])
     assert len(store.history_epochs(b"g")) == EPOCHS_KEPT
     store.close()
+
+
+def test_sync_wal_fsyncs_the_wal_or_finds_nothing_to_do(tmp_path: Path) -> None:
+    store = MlsStateStore(tmp_path / "s")
+    store.set_meta("x", b"1")
+    assert (tmp_path / "s" / "mls.sqlite3-wal").exists()
+    store.sync_wal()  # the WAL exists: fsync'd
+    store.close()  # last connection: SQLite checkpoints and removes the WAL
+    store.sync_wal()  # nothing left to sync: no error

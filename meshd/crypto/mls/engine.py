@@ -229,6 +229,11 @@ class MlsEngine(ABC):
         """
         return None
 
+    def sync(self) -> None:
+        """Make what was persisted survive power loss (fsync); safe from another thread.
+        The node runs it with its own store's fsync, before durable frames leave."""
+        return None
+
     @abstractmethod
     def reencode(self, message: bytes) -> bytes:
         """Parse an MLSMessage with the engine's own codec and serialize it again."""

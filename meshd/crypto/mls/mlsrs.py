@@ -170,6 +170,9 @@ class MlsRsEngine(MlsEngine):
         finally:
             self._store.close()
 
+    def sync(self) -> None:
+        self._store.sync_wal()
+
     @property
     def write_behind(self) -> bool:
         """Defer persisting application-message ratchet advances to :meth:`flush`."""

@@ -68,6 +68,7 @@ class MlsStateStore:
         self._epoch_cache: dict[bytes, int] = {}  # stored epoch per group (sole writer)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
+        self._path = path
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
@@ -81,6 +82,23 @@ class MlsStateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def sync_wal(self) -> None:
+        """fsync the WAL: every write so far survives power loss (``synchronous=NORMAL``
+        alone only survives a process crash). Thread-safe: os calls on its own fd."""
+        path = f"{self._path}-wal"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # checkpointed and removed: already on disk
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc.strerror}", field="state_dir") from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StoreError(f"fsync {path} failed: {exc.strerror}", field="state_dir") from exc
+        finally:
+            os.close(fd)
 
     # -- sealing ---------------------------------------------------------------------
 
