@@ -407,8 +407,8 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             # ciphertexts leave only after the commit below, so none leaves before its
             # state (meshd/crypto/mls/mlsrs.py). A failed flush holds the frames like a
             # failed commit.
-            if self._mls is not None:
-                self._mls.flush()
+            if self._mls is not None and self._mls.flush():
+                self.store.durable_pending = True  # and fsync'd before they leave
             self.store.commit()
         except StoreError as exc:
             # Nothing reached disk: hold the frames back (an ACK must not outrun its

@@ -220,14 +220,14 @@ class MlsEngine(ABC):
         branch's commits in order. Raises ``NotFound`` if the epoch is no longer retained.
         """
 
-    def flush(self) -> None:
-        """Persist state changes deferred by write-behind (nothing to do by default).
+    def flush(self) -> bool:
+        """Persist state changes deferred by write-behind; True if anything was written.
 
         The node calls it in its pump before its store commit; frames leave only after
         that commit, so no ciphertext leaves before the ratchet state that produced it.
         An engine that writes through (the default) has nothing pending.
         """
-        return None
+        return False
 
     def sync(self) -> None:
         """Make what was persisted survive power loss (fsync); safe from another thread.

@@ -184,12 +184,15 @@ class MlsRsEngine(MlsEngine):
             self.flush()
         self._write_behind = enabled
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Persist every group whose ratchets moved since its state was last written."""
+        wrote = False
         while self._dirty:
             group = self._groups.get(self._dirty.pop())
             if group is not None and group.unflushed:
                 self._persist_group(group)
+                wrote = True
+        return wrote
 
     # -- identity and key packages ----------------------------------------------------
 
