@@ -208,17 +208,17 @@ class SessionMessages:
 
     def _sessions_delivery(self, event: DeliveryStateChanged) -> DeliveryStateChanged | None:
         """Map a re-send carrier's state to its app message (None: nothing to record)."""
-        resends = self._e2e_resends or {}
-        final = event.state.is_final
-        app_id = resends.get(event.message_id)
-        if app_id is not None:
-            if not final:
-                return None  # the app's message already went through these states once
-            del resends[event.message_id]
-        if final and self._e2e is not None:
-            self._e2e.delivery(event.message_id, final=True,
-                               delivered=event.state is DeliveryState.DELIVERED)  # fmt: skip
-        return event if app_id is None else replace(event, message_id=app_id)
+        resends = self._e2e_resends
+        app_id = resends.get(event.message_id) if resends else None
+        if app_id is None:
+            return event  # the common case: no lookup, no write
+        if not event.state.is_final:
+            return None  # the app's message already went through these states once
+        assert resends is not None
+        del resends[event.message_id]
+        if self._e2e is not None:
+            self._e2e.resend_done(event.message_id)
+        return replace(event, message_id=app_id)
 
     def _sessions_restore(self, entries: list[OutboxEntry], offset: float) -> list[OutboxEntry]:
         """Outbox entries as the core must get them: the sealed payload, never plaintext.

@@ -378,16 +378,10 @@ class SessionManager:
                                  expires_at=p.expires_at, flags=sw.InitFlags(p.flags))  # fmt: skip
             self.actions.append(SendPayload(peer, payload, p.message_id, p.expires_at - now))
 
-    def delivery(self, carrier_id: bytes, *, final: bool, delivered: bool) -> bytes | None:
-        """A carrier's delivery state changed: the app message id it stands for (None: not
-        a sealed carrier). Delivery does not confirm a session: the peer may hold a
-        first message unopened (a connection request); only its CONN_ACCEPT does."""
-        row = self.tables.sealed(carrier_id)
-        if row is None:
-            return None
-        if final:
-            self.tables.sealed_done(carrier_id)
-        return row.message_id
+    def resend_done(self, carrier_id: bytes) -> None:
+        """A re-send carrier reached a final state: not to be restored after a restart.
+        (A first carrier needs no mark: it is done once its message left the outbox.)"""
+        self.tables.sealed_done(carrier_id)
 
     def tick(self, *, now: float) -> None:
         """Expire waiting messages, forget old carriers (call every few seconds)."""

@@ -162,8 +162,13 @@ class SessionTables:
         self._w("DELETE FROM e2e_sealed WHERE carrier_id = ?", (carrier_id,))
 
     def prune_sealed(self, *, before: float) -> int:
-        """Forget finished carriers created before ``before`` (kept a while for RESET)."""
-        return self._w("DELETE FROM e2e_sealed WHERE done = 1 AND created_at < ?", (before,))
+        """Forget finished carriers created before ``before`` (kept a while for RESET):
+        re-sends marked done, and first carriers whose message left the outbox."""
+        return self._w(
+            "DELETE FROM e2e_sealed WHERE created_at < ? AND (done = 1 OR (carrier_id = "
+            "message_id AND carrier_id NOT IN (SELECT message_id FROM outbox)))",
+            (before,),
+        )
 
     # --- accept list, policy ------------------------------------------------------------
     def accepted(self) -> set[NodeAddress]:

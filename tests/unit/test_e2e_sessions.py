@@ -406,3 +406,19 @@ def test_published_key_package_used_elsewhere_is_rotated(ab: tuple[Peer, Peer]) 
     b.engine.join_group(welcome, now=T0)
     fresh = b.e2e.publish(now=T0 + 2)
     assert fresh is not None and fresh != ext
+
+
+def test_sealed_carriers_are_kept_while_in_the_outbox_then_pruned(
+    ab: tuple[Peer, Peer],
+) -> None:
+    from meshd.router.events import DeliveryState
+
+    a, b = ab
+    publish(b, a)
+    mid = send(a, b, b"kept")
+    tables = a.e2e.tables
+    a.e2e.tick(now=T0 + 2 * 3600)
+    assert tables.sealed(mid) is not None  # still in the outbox: restored after a restart
+    a.store.set_outgoing_state(mid, DeliveryState.DELIVERED, None, at=T0 + 1)
+    a.e2e.tick(now=T0 + 2 * 3600)
+    assert tables.sealed(mid) is None
