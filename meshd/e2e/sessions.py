@@ -475,8 +475,9 @@ class SessionManager:
                 targets = []
             if self.published.ref in targets:
                 self.published = None  # used: the node publishes a new one at its next tick
-        if joined is not None:
-            self.send_proof(src, frame.group_id)
+        # Also after AlreadyExists (joined before a crash lost our row): the sender keeps
+        # attaching the Welcome until it gets this.
+        self.send_proof(src, frame.group_id)
         current = self._sessions.get(src)
         # Both ends may set up at once: each joins the other's group as well, and both
         # send in the one with the lower group id (deterministic on both sides).
