@@ -71,6 +71,9 @@ class BleConfig:
     backoff_max: float = 30.0
     advert_refresh: float = 5.0
     probe_timeout: float = 2.0  # a BlueZ disconnect: peripheral sessions must answer
+    # Yield to the loop after each notification (see the module docstring); off only
+    # to measure what happens without it (bench/ble_bench.py).
+    pace_notifications: bool = True
     session: SessionConfig = field(default_factory=SessionConfig)
 
 
@@ -398,7 +401,8 @@ class BleTransport(Transport):
                         break
                     sent += 1
                     self.counters["notified"] += 1
-                    await asyncio.sleep(0)  # let dbus-next drain (see module docstring)
+                    if self.config.pace_notifications:
+                        await asyncio.sleep(0)  # let dbus-next drain (module docstring)
                 self._process(link)
             if not sent:
                 await self._wake_periph.wait()
