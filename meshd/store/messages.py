@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from meshd.address import NodeAddress
@@ -62,6 +62,8 @@ class Messages(EventLog):
         """History row + outbox row (pointing at it: the payload is stored once) + a
         QUEUED event for the app; returns the record."""
         self.durable_pending = True
+        # Built once with its cursor, the QUEUED event's (appended below): a
+        # dataclasses.replace per message cost more than the record itself.
         record = MessageRecord(
             message_id=message_id,
             app_id=app_id,
@@ -72,6 +74,7 @@ class Messages(EventLog):
             state=DeliveryState.QUEUED,
             reason=None,
             hops=None,
+            cursor=self._last_cursor + 1,
         )
         history_id = self._last_history_id + 1
         self._last_history_id = history_id
@@ -86,7 +89,7 @@ class Messages(EventLog):
             state=DeliveryState.QUEUED,
             peer=dst,
         )
-        record = replace(record, cursor=cursor)
+        assert cursor == record.cursor
         self._defer(
             _INSERT_OUTBOX,
             (message_id, history_id, app_id, dst.raw, created_at, expires_at, "queued"),
@@ -205,6 +208,7 @@ class Messages(EventLog):
             state=None,
             reason=None,
             hops=hops,
+            cursor=self._last_cursor + 1,  # its MESSAGE_RECEIVED event's (appended below)
         )
         history_id = self._last_history_id + 1
         try:
@@ -226,7 +230,8 @@ class Messages(EventLog):
         cursor = self.append_event(
             app_id, AppEventKind.MESSAGE_RECEIVED, received_at, history_id=history_id, peer=src
         )
-        return replace(record, cursor=cursor)
+        assert cursor == record.cursor
+        return record
 
     # --- history -------------------------------------------------------------------
     def history(
