@@ -155,7 +155,14 @@ class AppMessages:
             dst, payload, lifetime_s = item
             return self.send_message(caller, dst, payload, lifetime_s=lifetime_s)
 
-        return pipelined(items, one)
+        async def room(item: tuple[NodeAddress, bytes, float | None]) -> None:
+            # The stream waits for the destination's send window itself, so one waiter
+            # stands in line instead of every message in flight (each freed slot woke
+            # them all: 9 % of the sending daemon's Python time with 64 waiting).
+            if self._window.full(item[0]):
+                await self._window.room(item[0])
+
+        return pipelined(items, one, admit=room)
 
     def _default_lifetime(self) -> float:
         return (self._core_config or CoreConfig()).message_lifetime

@@ -27,6 +27,7 @@ async def pipelined(
     call: Callable[[_I], Awaitable[_R]],
     *,
     in_flight: int = DEFAULT_IN_FLIGHT,
+    admit: Callable[[_I], Awaitable[None]] | None = None,
 ) -> AsyncIterator[_R | MeshdError]:
     """``call(item)`` for each item, up to ``in_flight`` at once; results in item order.
 
@@ -35,6 +36,8 @@ async def pipelined(
     is. Requests are read while earlier calls run, so a client may wait for a reply
     before sending more. When the consumer stops early, calls already started are left
     to finish (each one's outcome is the same as for an abandoned unary call).
+    ``admit(item)``, if given, is awaited before the item's call starts (backpressure:
+    the stream reads no further meanwhile).
     """
     if in_flight < 1:
         raise InvalidArgument("in_flight must be >= 1", field="in_flight")
@@ -49,6 +52,8 @@ async def pipelined(
                 if isinstance(item, MeshdError):
                     queue.put_nowait(item)
                 else:
+                    if admit is not None:
+                        await admit(item)
                     task = asyncio.ensure_future(call(item))
                     task.add_done_callback(_retrieve)
                     queue.put_nowait(task)

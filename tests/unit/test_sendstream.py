@@ -103,3 +103,27 @@ async def test_in_flight_must_be_positive() -> None:
     with pytest.raises(InvalidArgument) as info:
         await anext(pipelined(_items([1]), call, in_flight=0))
     assert info.value.field == "in_flight"
+
+
+async def test_admit_holds_the_stream_before_each_call_starts() -> None:
+    gate = asyncio.Event()
+    started: list[int] = []
+    admitted: list[int] = []
+
+    async def admit(i: int) -> None:
+        if i == 2:
+            await gate.wait()  # e.g. the destination's send window is full
+        admitted.append(i)
+
+    async def call(i: int) -> int:
+        started.append(i)
+        return i
+
+    replies = pipelined(_items([0, 1, 2, 3]), call, admit=admit)
+    assert await anext(replies) == 0
+    assert await anext(replies) == 1
+    await asyncio.sleep(0.01)
+    assert started == [0, 1] and admitted == [0, 1]  # nothing after 2 was read or started
+    gate.set()
+    assert [r async for r in replies] == [2, 3]
+    assert started == [0, 1, 2, 3]
