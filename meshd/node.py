@@ -202,7 +202,7 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         """Restore the outbox into a fresh core, then start every transport."""
         self._loop = asyncio.get_running_loop()
         self._gate = SyncGate(
-            sync=self._sync_durable,
+            sync=lambda: self.store.sync_wal(),  # late-bound (tests replace it)
             send=self._send_frames,
             log=self.log,
             thread_name=f"meshd-fsync-{self.address.short}",
@@ -407,8 +407,8 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             # ciphertexts leave only after the commit below, so none leaves before its
             # state (meshd/crypto/mls/mlsrs.py). A failed flush holds the frames like a
             # failed commit.
-            if self._mls is not None and self._mls.flush():
-                self.store.durable_pending = True  # and fsync'd before they leave
+            if self._mls is not None:
+                self._mls.flush()
             self.store.commit()
         except StoreError as exc:
             # Nothing reached disk: hold the frames back (an ACK must not outrun its
@@ -427,15 +427,6 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         durable, self.store.durable_pending = self.store.durable_pending, False
         self._gate.submit(core.frames_to_send(), waiters, durable=durable)
         self._arm_timer()
-
-    def _sync_durable(self) -> None:
-        """The gate's fsync (worker thread, os calls only): the MLS state's WAL, so no
-        ciphertext outlives its ratchet state across a power cut either, then the store's
-        (late-bound: tests replace ``store.sync_wal``)."""
-        mls = self._mls
-        if mls is not None:
-            mls.sync()
-        self.store.sync_wal()
 
     def _send_frames(self, frames: list[tuple[LinkId, bytes]]) -> None:
         for link_id, data in frames:

@@ -230,8 +230,7 @@ class MlsEngine(ABC):
         return False
 
     def sync(self) -> None:
-        """Make what was persisted survive power loss (fsync); safe from another thread.
-        The node runs it with its own store's fsync, before durable frames leave."""
+        """Make what was persisted survive power loss (fsync); safe from another thread."""
         return None
 
     @abstractmethod
