@@ -217,8 +217,12 @@ class GroupReceiver:
         if env.id < ours.commit_id:
             self._switch(st, env, payload, epoch, src, now)
         else:
-            # We hold the winner: show it to the sender so that its side switches too.
-            self._push(st, src, epoch)
+            # We hold the winner: show it to the sender so that its side switches too (at
+            # most once per retry period: a side that cannot switch must not ping-pong).
+            last = st.pushed_at.get(src)
+            if last is None or now - last >= self.config.catchup_retry_s:
+                st.pushed_at[src] = now
+                self._push(st, src, epoch)
 
     def _authorize(self, st: GroupState, view: EpochView, env: GroupCommit, leaf: int) -> None:
         gid = st.group_id

@@ -83,6 +83,7 @@ class GroupState:
     orphaned: bool = False  # our branch lost below our join epoch: wait for a new Welcome
     buffered: list[Buffered] = field(default_factory=list)
     catchup_at: dict[NodeAddress, float] = field(default_factory=dict)
+    pushed_at: dict[NodeAddress, float] = field(default_factory=dict)
 
     @property
     def view(self) -> EpochView:

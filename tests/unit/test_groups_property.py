@@ -1,0 +1,80 @@
+"""Property: whatever mix of sends, updates, role changes, partitions and offline spells,
+once the mesh heals and members talk, every member is on one epoch with one roster."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshd.e2e.group_wire import Role
+from meshd.errors import MeshdError
+from tests.unit.test_groups_net import Net
+
+NAMES = "abcd"
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["send", "update", "role", "split", "heal", "offline", "online", "fork", "fork"]
+        ),
+        st.sampled_from(NAMES),
+        st.sampled_from(NAMES),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops, st.integers(0, 1000))
+def test_members_converge_after_any_history(script: list[tuple[str, str, str]], seed: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        net = Net(Path(d), seed=seed)
+        for n in NAMES:
+            net.add(n)
+        gid = net.group("a", "bcd")
+        a = net.peers["a"]
+        net.out(a, a.mgr.set_role(gid, net.peers["c"].address, Role.ADMIN, now=net.now))
+        net.run(3.0)
+        for op, x, y in script:
+            px, py = net.peers[x], net.peers[y]
+            try:
+                if op == "send" and x not in net.offline:
+                    net.send(x, gid, f"{op} {x}".encode())
+                elif op == "update" and x not in net.offline:
+                    net.out(px, px.mgr.self_update(gid, now=net.now))
+                elif op == "role" and x not in net.offline:
+                    role = Role.MEMBER if px.mgr.state(gid).view.roles[py.address] else Role.ADMIN
+                    net.out(px, px.mgr.set_role(gid, py.address, role, now=net.now))
+                elif op == "fork" and x != y and not net.offline & {x, y}:
+                    # both sides of a fresh partition commit: two branches of one epoch
+                    net.sides = [{x}, set(NAMES) - {x}]
+                    net.out(px, px.mgr.self_update(gid, now=net.now))
+                    net.out(py, py.mgr.self_update(gid, now=net.now))
+                elif op == "split":
+                    net.sides = [{x, y}, set(NAMES) - {x, y}]
+                elif op == "heal":
+                    net.sides = None
+                elif op == "offline":
+                    net.offline.add(x)
+                elif op == "online":
+                    net.offline.discard(x)
+            except MeshdError:
+                pass  # not an admin here, or the change would leave no admin: refused
+            net.run(1.0)
+        net.sides, net.offline = None, set()
+        for _ in range(8):
+            for n in NAMES:
+                net.send(n, gid, b"talk")
+            net.run(4.0)
+            if len(net.tips(gid, NAMES)) == 1:
+                break
+        assert len(net.tips(gid, NAMES)) == 1, net.tips(gid, NAMES)
+        assert len(net.secrets(gid, NAMES)) == 1
+        rosters = {tuple(sorted(net.peers[n].mgr.state(gid).view.roles.items())) for n in NAMES}
+        assert len(rosters) == 1
+        net.send("b", gid, b"final")
+        net.run(3.0)
+        assert all(net.peers[n].texts(gid)[-1:] == [b"final"] for n in "acd")
+        net.close()
