@@ -9,6 +9,7 @@
   one link. Frames/s, fragments/s and CPU microseconds per fragment of each side: a
   measure of meshd's own cost per fragment, not of a radio (the virtual BlueZ has no
   airtime). Also with the notification pacing off (``pace_notifications=False``).
+  ``--window N`` changes the credit window (measured in docs/ble.md: 255 breaks links).
 
     python3 -m bench.ble_bench [--frames 1500] [--size 200]
 """
@@ -88,13 +89,16 @@ class _Events:
         pass
 
 
-async def worker(frames: int, size: int, pace: bool) -> None:
+async def worker(frames: int, size: int, pace: bool, window: int) -> None:
     """Link up, send ``frames`` frames and receive the peer's; print one JSON line."""
     from meshd.transports.ble import BleConfig, BleTransport
+    from meshd.transports.ble_session import SessionConfig
 
     events = _Events(frames)
     ble = BleTransport(
-        Identity.generate(), config=BleConfig(max_links=2, pace_notifications=pace)
+        Identity.generate(), config=BleConfig(
+            max_links=2, pace_notifications=pace, session=SessionConfig(window=window)
+        ),
     )
     await ble.start(events)
     with contextlib.suppress(TimeoutError):
@@ -125,7 +129,9 @@ async def worker(frames: int, size: int, pace: bool) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run_pair(mtu: int, frames: int, size: int, pace: bool) -> dict[str, Any]:
+def run_pair(
+    mtu: int, frames: int, size: int, pace: bool, window: int = 32
+) -> dict[str, Any]:
     """Two workers on two virtual BlueZ nodes, each sending to the other at once."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     world = subprocess.Popen(
@@ -139,7 +145,8 @@ def run_pair(mtu: int, frames: int, size: int, pace: bool) -> dict[str, Any]:
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "bench.ble_bench", "--worker", "--frames", str(frames),
-                 "--size", str(size), *([] if pace else ["--no-pace"])],
+                 "--size", str(size), "--window", str(window),
+                 *([] if pace else ["--no-pace"])],
                 stdout=subprocess.PIPE, text=True, cwd=ROOT,
                 env={**env, "DBUS_SYSTEM_BUS_ADDRESS": buses[name]},
             )
@@ -157,7 +164,7 @@ def run_pair(mtu: int, frames: int, size: int, pace: bool) -> dict[str, Any]:
         world.wait(10)
     per_frame = len(fragment(bytes(size + HEADER_LEN + TAG_LEN), 0, pdu_room(mtu)))
     out: dict[str, Any] = {"mtu": mtu, "frame_bytes": size, "frames_each_way": frames,
-                           "paced": pace}
+                           "paced": pace, "window": window}
     for res in results:
         # What a receiver got came from the other side: a central receives notifications.
         direction = "peripheral_to_central" if res.get("central") else "central_to_peripheral"
@@ -181,9 +188,10 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=1500)
     p.add_argument("--size", type=int, default=200)
     p.add_argument("--no-pace", action="store_true")
+    p.add_argument("--window", type=int, default=32)
     args = p.parse_args()
     if args.worker:
-        asyncio.run(worker(args.frames, args.size, not args.no_pace))
+        asyncio.run(worker(args.frames, args.size, not args.no_pace, args.window))
         return
     figures: dict[str, Any] = {
         "bench": "ble",

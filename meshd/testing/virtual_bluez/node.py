@@ -65,7 +65,19 @@ class HandoffBus(MessageBus):
         self.close_after_send: set[int] = set()
 
     def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
-        future: asyncio.Future[None] = super().send(msg)
+        writer: Any = getattr(self, "_writer", None)
+        if writer is not None and writer.buf is not None:
+            # dbus-fast 5.2.0 writes at once when its queue is empty, even while an earlier
+            # message is half written and waits for the socket: send() then raises EAGAIN
+            # and the whole connection is torn down (seen relaying bursts of thousands of
+            # notifications, bench/ble_bench.py). Queue behind the half-written message.
+            if not msg.serial:
+                msg.serial = self.next_serial()
+            future: asyncio.Future[None] = self._loop.create_future()
+            writer.buffer_message(msg, future)
+            self._loop.add_writer(writer.fd, writer.write_callback)
+        else:
+            future = super().send(msg)
         fds = [fd for fd in msg.unix_fds if fd in self.close_after_send]
         if fds:
             self.close_after_send.difference_update(fds)
