@@ -36,6 +36,7 @@ from meshd.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    MeshdError,
     NotFound,
     PermissionDenied,
 )
@@ -74,8 +75,26 @@ class GroupManager(GroupReceiver):
         self._stashed = []
         known = set(engine.groups())
         for st in states:
-            if st.group_id in known:
+            if st.group_id in known and self._reconcile(st):
                 self._groups[st.group_id] = st
+
+    def _reconcile(self, st: GroupState) -> bool:
+        """After a crash the MLS state (written first) may be ahead of ours: roll the engine
+        back to our epoch; the commits in between come again through catch-up (our own
+        never left: frames wait for the store commit that holds this state)."""
+        epoch = self.engine.epoch(st.group_id)
+        if epoch == st.epoch:
+            return True
+        if epoch > st.epoch:
+            try:
+                self.engine.rollback(st.group_id, st.epoch)
+                return True
+            except MeshdError:
+                pass
+        # Cannot line up (MLS state behind ours, or ours too old): keep the group out of
+        # service rather than misreading rosters; it shows as orphaned until re-added.
+        st.orphaned = True
+        return True
 
     # -- reading ----------------------------------------------------------------------
 

@@ -366,3 +366,22 @@ def test_messages_overtaking_the_welcome_are_held_until_the_join(net: Net) -> No
     assert [type(e).__name__ for e in out.events][:1] == ["GroupJoined"]
     assert c.texts(gid) == [b"early bird"]
     assert c.mgr.state(gid).epoch == a.mgr.state(gid).epoch
+
+
+def test_crash_between_mls_and_group_state_is_reconciled(net: Net) -> None:
+    """The engine persisted a commit but our state did not (crash before the store commit):
+    on restart the engine is rolled back to our epoch and catch-up brings both forward."""
+    gid = five(net)
+    c = net.peers["c"]
+    stale = c.mgr.state(gid).to_bytes()
+    a = net.peers["a"]
+    commit = [p for d, p in a.mgr.self_update(gid, now=net.now).sends if d == c.address]
+    c.mgr.receive(a.address, commit[0], now=net.now)  # applied by the engine ...
+    assert c.engine.epoch(gid) == GroupState.from_bytes(stale).epoch + 1
+    c.mgr = GroupManager(c.engine, c.identity, config=net.config,
+                         states=[GroupState.from_bytes(stale)])  # ... but not by us # fmt: skip
+    assert c.engine.epoch(gid) == c.mgr.state(gid).epoch
+    net.send("a", gid, b"after the crash")
+    net.run(4.0)
+    assert c.texts(gid) == [b"after the crash"]
+    assert len(net.tips(gid, "ac")) == 1
