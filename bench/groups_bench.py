@@ -6,6 +6,7 @@
   rounds (commit + signed envelope + Welcome, fragmented); a member processes the commit
   (authorization, proposal check, MLS); the invitee joins (reassembly + MLS join).
 * fan-out: one send to 255 others (one seal, 255 unicast payloads), one receive.
+* state: size and encode time of the group state the daemon stores after each change.
 Medians over a few rounds; timings are wall clock on a shared machine (see load_avg_1m).
 """
 
@@ -73,6 +74,9 @@ def main() -> None:
             join_ms.append((time.perf_counter() - t0) * 1e3)
             joiner_engine.close()
         size = len(admin.state(gid).members())
+        t0 = time.perf_counter()
+        blob = admin.state(gid).to_bytes()  # what the daemon stores after every change
+        save_ms = (time.perf_counter() - t0) * 1e3
         payload = os.urandom(1024)
         send_ms, recv_ms, fanout = [], [], 0
         for _ in range(SENDS):
@@ -96,6 +100,8 @@ def main() -> None:
                 "welcome_bytes": statistics.median(welcome_sizes),
                 "add_process_on_member_ms_median": round(statistics.median(process_ms[1:]), 2),
                 "join_ms_median": round(statistics.median(join_ms[1:]), 2),
+                "state_json_bytes": len(blob),
+                "state_json_ms": round(save_ms, 2),
                 "send_1k_fanout": fanout,
                 "send_1k_ms_median": round(statistics.median(send_ms), 3),
                 "receive_1k_ms_median": round(statistics.median(recv_ms), 3),
