@@ -25,18 +25,15 @@ import contextlib
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from meshd.address import NodeAddress
-from meshd.crypto.identity import Identity, PublicIdentity
-from meshd.errors import HandshakeError, WireError
+from meshd.crypto.identity import Identity
+from meshd.errors import WireError
 from meshd.router.events import LinkId
-from meshd.router.frames import MAX_FRAME_LEN
-from meshd.router.types import LinkInfo, LinkKind
-from meshd.transports.base import Link, LinkEvents, Transport, TransportState, TransportStatus
+from meshd.transports.base import LinkEvents, Transport, TransportState, TransportStatus
 from meshd.transports.ble_advert import (
     PROTOCOL_VERSION,
     SERVICE_UUID,
@@ -45,87 +42,19 @@ from meshd.transports.ble_advert import (
     summary_from_advert,
 )
 from meshd.transports.ble_gatt import AdapterWatch, CentralConnection, Peripheral, Refused
+from meshd.transports.ble_link import BleConfig as BleConfig  # re-exported: the public config
+from meshd.transports.ble_link import BleLink
 from meshd.transports.ble_policy import Candidate, LinkView, plan, rank, scan_duty
 from meshd.transports.ble_session import (
     CLOSE_DUPLICATE,
     OPEN,
     BleSession,
-    SessionConfig,
     parse_open,
     parse_pdu,
 )
 
 # (battery level or None on mains, charging, router cluster id or None)
 SummarySource = Callable[[], tuple[int | None, bool, int | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class BleConfig:
-    adapter: str = "hci0"
-    max_links: int = 4
-    connect_timeout: float = 10.0
-    grace: float = 4.0  # the larger address connects after this long unlinked
-    retry_after: float = 3.0  # per-device pause after a failed connection
-    tick: float = 0.25
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    advert_refresh: float = 5.0
-    probe_timeout: float = 2.0  # a BlueZ disconnect: peripheral sessions must answer
-    # Yield to the loop after each notification (see the module docstring); off only
-    # to measure what happens without it (bench/ble_bench.py).
-    pace_notifications: bool = True
-    session: SessionConfig = field(default_factory=SessionConfig)
-
-
-class BleLink(Link):
-    """One authenticated link over one GATT session (either role)."""
-
-    def __init__(
-        self,
-        session: BleSession,
-        *,
-        device: str,
-        conn: CentralConnection | None,
-        rssi: int | None,
-        wake: Callable[[BleLink], None],
-    ) -> None:
-        self.session = session
-        self.device = device
-        self.conn = conn
-        self.rssi = rssi
-        self._wake = wake
-        self.link_id: LinkId | None = None
-        self.announced = False
-        self.created = asyncio.get_running_loop().time()
-        self.wakeup = asyncio.Event()
-        self.probe_at: float | None = None
-
-    @property
-    def central(self) -> bool:
-        return self.session.central
-
-    @property
-    def peer(self) -> PublicIdentity:
-        if self.session.peer is None:
-            raise HandshakeError("link not authenticated yet")
-        return self.session.peer
-
-    @property
-    def info(self) -> LinkInfo:
-        return LinkInfo(kind=LinkKind.BLE, quality=1.0, mtu=MAX_FRAME_LEN, rssi=self.rssi)
-
-    @property
-    def description(self) -> str:
-        role = "central" if self.central else "peripheral"
-        return f"ble {self.device} ({role}, session {self.session.session}, mtu {self.session.mtu})"
-
-    def send(self, frame: bytes) -> None:
-        if self.session.send_frame(frame):
-            self._wake(self)
-
-    def close(self) -> None:
-        self.session.close("closed locally")
-        self._wake(self)
 
 
 class BleTransport(Transport):
@@ -337,7 +266,7 @@ class BleTransport(Transport):
     # --- advertisement ----------------------------------------------------------------
     def _summary_bytes(self) -> bytes:
         battery, charging, cluster = self._summary_source()
-        links = len(self._sessions) + len(self._centrals)
+        links = self._link_count()
         return AdvertSummary(
             version=PROTOCOL_VERSION,
             free_slots=max(0, self.config.max_links - links),
@@ -359,7 +288,7 @@ class BleTransport(Transport):
                 if link is not None and not link.session.closed:
                     raise WireError("session id in use", field="pdu.session")
                 _, mtu, window = parse_open(pdu.body)
-                if len(self._sessions) + len(self._centrals) >= self.config.max_links:
+                if self._link_count() >= self.config.max_links:
                     raise WireError("no free connection slot", field="pdu.open")
                 session = BleSession(
                     self.identity, central=False, session=pdu.session, mtu=mtu, now=now,
@@ -451,7 +380,8 @@ class BleTransport(Transport):
         ranked = rank(
             [c for c in self._candidates.values() if self._retry_at.get(c.device, 0) <= now],
             own_addr=self._own.raw[:2], own_cluster=fold_cluster(cluster),
-            linked={a.raw[:2] for a in self._by_peer}, busy=self._busy, now=now,
+            linked={a.raw[:2] for a in self._by_peer},
+            busy=self._busy | {lk.device for lk in self._centrals}, now=now,
             grace=self.config.grace,
         )
         pending = len(links) - len(views) + len(self._busy)
@@ -492,6 +422,7 @@ class BleTransport(Transport):
                            wake=self._wake)
             holder.append(link)
             self._centrals.add(link)
+            self._busy.discard(cand.device)  # counted as a central link from now on
             await self._central_pump(link)
         except Exception as exc:
             self._log.debug("ble.connect_failed", device=cand.device, error=repr(exc))
@@ -625,28 +556,44 @@ class BleTransport(Transport):
             self._seen_ephemerals.popitem(last=False)
         return True
 
+    def _link_count(self) -> int:
+        """Links and connections in progress, both roles (what ``max_links`` bounds)."""
+        open_sessions = sum(1 for lk in self._sessions.values() if not lk.session.closed)
+        return open_sessions + len(self._centrals) + len(self._busy)
+
     async def _ticker(self) -> None:
-        cfg = self.config
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(cfg.tick)
-            now = loop.time()
-            for link in [*self._sessions.values(), *self._centrals]:
-                if link.probe_at is not None and now - link.probe_at > cfg.probe_timeout:
-                    if link.session.last_rx < link.probe_at:
-                        link.session.closed = True
-                        link.session.close_reason = "peer gone (no answer after a disconnect)"
-                    link.probe_at = None
-                before = link.session.pending
-                link.session.tick(now=now)
-                if link.session.pending != before or link.session.closed:
-                    self._wake(link)
-                self._process(link)
-            if not self._up:
-                continue
-            self._connect_some(now)
-            if now - self._advert_at >= cfg.advert_refresh and self._peripheral is not None:
-                self._advert_at = now
-                summary = self._summary_bytes()
-                periph = self._peripheral
-                self._spawn(periph.advertise(summary), self._up_tasks)
+            await asyncio.sleep(self.config.tick)
+            try:
+                self._tick(loop.time())
+            except Exception as exc:  # one bad tick must not stop the timers for good
+                self._log.error("ble.tick_failed", error=repr(exc))
+
+    def _tick(self, now: float) -> None:
+        cfg = self.config
+        # A closed peripheral session whose last PDUs cannot leave (no credits from a
+        # vanished central) is forgotten after a while: it must not hold a slot.
+        for sid, link in list(self._sessions.items()):
+            if link.session.closed and now - link.session.last_rx > cfg.probe_timeout:
+                self._finish(link)
+                del self._sessions[sid]
+        for link in [*self._sessions.values(), *self._centrals]:
+            if link.probe_at is not None and now - link.probe_at > cfg.probe_timeout:
+                if link.session.last_rx < link.probe_at:
+                    link.session.closed = True
+                    link.session.close_reason = "peer gone (no answer after a disconnect)"
+                link.probe_at = None
+            before = link.session.pending
+            link.session.tick(now=now)
+            if link.session.pending != before or link.session.closed:
+                self._wake(link)
+            self._process(link)
+        if not self._up:
+            return
+        self._connect_some(now)
+        if now - self._advert_at >= cfg.advert_refresh and self._peripheral is not None:
+            self._advert_at = now
+            summary = self._summary_bytes()
+            periph = self._peripheral
+            self._spawn(periph.advertise(summary), self._up_tasks)
