@@ -90,16 +90,25 @@ def test_member_offline_during_two_commits_catches_up(make_lab: LabFactory) -> N
 
 
 @pytest.mark.timeout(480)
-def test_partition_two_admins_commit_at_once_then_converge(make_lab: LabFactory) -> None:
+@pytest.mark.parametrize("cut", ["link-down", "nftables"])
+def test_partition_two_admins_commit_at_once_then_converge(
+    make_lab: LabFactory, cut: str
+) -> None:
     lab, addr, gid = _five(make_lab)
     lab.meshctl("a", "groups", "role", gid, addr["e"], "admin")
     _until(lambda: all(_epoch(lab, n, gid) == 5 for n in "abcde"), within=90, what="e admin")
-    lab.link_down("c", "d")  # {a, b, c} | {d, e}
+    if cut == "link-down":
+        lab.link_down("c", "d")  # {a, b, c} | {d, e}
+    else:
+        lab.set_loss("c", "d", 100)  # nftables drops everything; the link stays up
     lab.meshctl("a", "groups", "role", gid, addr["b"], "admin")
     lab.meshctl("e", "groups", "role", gid, addr["d"], "admin")
     time.sleep(3.0)
     assert _epoch(lab, "a", gid) == _epoch(lab, "e", gid) == 6  # two branches of epoch 6
-    lab.link_up("c", "d")
+    if cut == "link-down":
+        lab.link_up("c", "d")
+    else:
+        lab.set_loss("c", "d", 0)
 
     def converged() -> bool:
         for n in "abcde":  # members talk: a mismatched tip starts the chain exchange
