@@ -58,6 +58,11 @@ def commit_id(mls_commit: bytes) -> bytes:
     return hashlib.sha256(mls_commit).digest()
 
 
+def message_id(ciphertext: bytes) -> bytes:
+    """The id every member records for a group message: SHA-256 of the ciphertext, 16 B."""
+    return hashlib.sha256(ciphertext).digest()[:16]
+
+
 class _Reader:
     __slots__ = ("data", "pos")
 

@@ -22,6 +22,7 @@ from meshd.e2e.group_wire import (
     GroupWelcome,
     LeaveRequest,
     Role,
+    message_id,
 )
 from meshd.e2e.groups_events import (
     GroupConfig,
@@ -31,7 +32,14 @@ from meshd.e2e.groups_events import (
     Output,
 )
 from meshd.e2e.groups_recv import GroupReceiver
-from meshd.e2e.groups_state import GENESIS, EpochView, GroupState, LogEntry, Reassembler
+from meshd.e2e.groups_state import (
+    GENESIS,
+    EpochView,
+    GroupState,
+    LogEntry,
+    PendingOp,
+    Reassembler,
+)
 from meshd.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -258,11 +266,8 @@ class GroupManager(GroupReceiver):
         if now - st.updated_at >= self.config.update_interval_s:
             self._merge(self.self_update(gid, now=now))
 
-    def _redo(self, st: GroupState, op: object, now: float) -> None:
+    def _redo(self, st: GroupState, op: PendingOp, now: float) -> None:
         """Commit again a change that is still relevant (lost in a fork, or a leave)."""
-        from meshd.e2e.groups_state import PendingOp
-
-        assert isinstance(op, PendingOp)
         gid, roles = st.group_id, st.view.roles
         admin = roles.get(self.address) is Role.ADMIN
         if op.action is Action.UPDATE:
@@ -325,9 +330,3 @@ class GroupManager(GroupReceiver):
                 roles[address] = role
         if roles and Role.ADMIN not in roles.values():
             raise FailedPrecondition("the group would have no admin left", field="role")
-
-
-def message_id(ciphertext: bytes) -> bytes:
-    import hashlib
-
-    return hashlib.sha256(ciphertext).digest()[:16]

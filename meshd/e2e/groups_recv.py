@@ -4,10 +4,9 @@ application messages, Welcomes, catch-up and leave requests. See docs/groups.md.
 from __future__ import annotations
 
 from meshd.address import NodeAddress
-from meshd.crypto.identity import Identity
 from meshd.crypto.mls import wire
 from meshd.crypto.mls.credential import parse_identity
-from meshd.crypto.mls.engine import ApplicationMessage, MlsEngine
+from meshd.crypto.mls.engine import ApplicationMessage
 from meshd.e2e.group_wire import (
     KIND_CATCHUP_REQUEST,
     KIND_CATCHUP_RESPONSE,
@@ -16,7 +15,6 @@ from meshd.e2e.group_wire import (
     KIND_FRAGMENT,
     KIND_LEAVE,
     KIND_WELCOME,
-    MAX_CATCHUP_ENTRIES,
     TIP_LEN,
     Action,
     CatchUpRequest,
@@ -27,30 +25,23 @@ from meshd.e2e.group_wire import (
     GroupWelcome,
     LeaveRequest,
     Role,
-    fragment,
     kind_of,
+    message_id,
 )
+from meshd.e2e.groups_base import GroupBase, Refused
 from meshd.e2e.groups_events import (
-    EpochAdvanced,
     ForkResolved,
-    GroupConfig,
     GroupJoined,
     GroupMessage,
     GroupRemoved,
-    MemberAdded,
-    MemberRemoved,
-    Output,
     PayloadRefused,
-    RoleChanged,
 )
 from meshd.e2e.groups_state import (
-    BUFFER_MAX,
     Buffered,
     EpochView,
     GroupState,
     LogEntry,
     PendingOp,
-    Reassembler,
 )
 from meshd.errors import (
     CryptoError,
@@ -61,30 +52,9 @@ from meshd.errors import (
     NotFound,
 )
 
-Targets = tuple[tuple[NodeAddress, Role], ...]
-_CATCHUP_SERVED = 64  # commits per catch-up response (more are asked for again)
-STASH_MAX = 64  # payloads held for groups this node has not joined (yet)
 
-
-class _Refused(Exception):
-    def __init__(self, reason: str, group_id: bytes | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.group_id = group_id
-
-
-class GroupReceiver:
-    """Base of ``GroupManager``: incoming payloads and the helpers both halves use."""
-
-    engine: MlsEngine
-    identity: Identity
-    key: bytes
-    address: NodeAddress
-    config: GroupConfig
-    _groups: dict[bytes, GroupState]
-    _out: Output
-    _reassembler: Reassembler
-    _stashed: list[tuple[bytes, Buffered]]
+class GroupReceiver(GroupBase):
+    """Base of ``GroupManager``: what arrives from other members."""
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -98,7 +68,7 @@ class GroupReceiver:
                     raise FrameDecodeError("a fragment inside a fragment", field="kind")
                 payload = whole
             self._dispatch(src, payload, now, now)
-        except _Refused as exc:
+        except Refused as exc:
             self._out.events.append(PayloadRefused(exc.group_id, src, exc.reason))
         except MeshdError as exc:  # decode errors (FrameDecodeError/WireError) and the like
             self._out.events.append(PayloadRefused(None, src, str(exc)))
@@ -126,7 +96,7 @@ class GroupReceiver:
         data = GroupData.decode(payload)
         info = self.engine.peek(data.mls)
         if info.wire_format != wire.WIRE_PRIVATE_MESSAGE or info.group_id is None:
-            raise _Refused("group data is not an MLS PrivateMessage")
+            raise Refused("group data is not an MLS PrivateMessage")
         gid, epoch = info.group_id, info.epoch or 0
         st = self._groups.get(gid)
         if st is None:
@@ -151,18 +121,16 @@ class GroupReceiver:
             self._buffer(st, src, epoch, payload, received_at)
             return
         except CryptoError as exc:
-            raise _Refused(f"undecryptable group message: {exc}", gid) from exc
+            raise Refused(f"undecryptable group message: {exc}", gid) from exc
         if not isinstance(result, ApplicationMessage):
-            raise _Refused("group data carried a commit", gid)
+            raise Refused("group data carried a commit", gid)
         body = result.plaintext
         if not body or len(body) < 1 + body[0] or body[0] == 0:
-            raise _Refused("group message lacks its app id", gid)
+            raise Refused("group message lacks its app id", gid)
         try:
             app_id = body[1 : 1 + body[0]].decode()
         except UnicodeDecodeError:
-            raise _Refused("group message app id is not UTF-8", gid) from None
-        from meshd.e2e.groups import message_id
-
+            raise Refused("group message app id is not UTF-8", gid) from None
         self._out.events.append(
             GroupMessage(
                 gid,
@@ -186,7 +154,7 @@ class GroupReceiver:
             or info.epoch is None
             or info.sender_leaf is None
         ):
-            raise _Refused("not an MLS commit from a member")
+            raise Refused("not an MLS commit from a member")
         gid, epoch = info.group_id, info.epoch
         st = self._groups.get(gid)
         if st is None:
@@ -227,30 +195,30 @@ class GroupReceiver:
     def _authorize(self, st: GroupState, view: EpochView, env: GroupCommit, leaf: int) -> None:
         gid = st.group_id
         if view.leaves.get(leaf) != env.committer_key:
-            raise _Refused("the signer does not hold the commit's sender leaf", gid)
+            raise Refused("the signer does not hold the commit's sender leaf", gid)
         if not env.verify():
-            raise _Refused("bad signature on the group commit", gid)
+            raise Refused("bad signature on the group commit", gid)
         committer = NodeAddress.from_public_key(env.committer_key)
         role = view.roles.get(committer)
         if role is None:
-            raise _Refused("the committer is not a member", gid)
+            raise Refused("the committer is not a member", gid)
         if env.action is not Action.UPDATE and role is not Role.ADMIN:
-            raise _Refused(f"only admins may {env.action.name.lower()} (forged by a member)", gid)
+            raise Refused(f"only admins may {env.action.name.lower()} (forged by a member)", gid)
         addresses = [a for a, _ in env.targets]
         if len(set(addresses)) != len(addresses):
-            raise _Refused("a target is listed twice", gid)
+            raise Refused("a target is listed twice", gid)
         if env.action is Action.UPDATE and env.targets:
-            raise _Refused("an update names no targets", gid)
+            raise Refused("an update names no targets", gid)
         if env.action is not Action.UPDATE and not env.targets:
-            raise _Refused("no targets", gid)
+            raise Refused("no targets", gid)
         for address in addresses:
             member = address in view.roles
             if member == (env.action is Action.ADD):
-                raise _Refused(f"target {address.short} has the wrong membership", gid)
+                raise Refused(f"target {address.short} has the wrong membership", gid)
         if env.action is Action.REMOVE and committer in addresses:
-            raise _Refused("a commit cannot remove its committer", gid)
+            raise Refused("a commit cannot remove its committer", gid)
         if self._proposal_effect(env.commit, view) != _expected(env):
-            raise _Refused("the commit's proposals are not the declared change", gid)
+            raise Refused("the commit's proposals are not the declared change", gid)
         roles = dict(view.roles)
         for address, r in env.targets:
             if env.action is Action.REMOVE:
@@ -258,7 +226,7 @@ class GroupReceiver:
             else:
                 roles[address] = r
         if roles and Role.ADMIN not in roles.values():
-            raise _Refused("the commit would leave no admin", gid)
+            raise Refused("the commit would leave no admin", gid)
 
     def _proposal_effect(
         self, commit: bytes, view: EpochView
@@ -273,30 +241,30 @@ class GroupReceiver:
             msg = wire.MLS_MESSAGE.parse(commit, "commit")
             proposals = msg["body"]["content"]["body"]["proposals"]
         except MeshdError as exc:
-            raise _Refused(f"unreadable commit: {exc}") from exc
+            raise Refused(f"unreadable commit: {exc}") from exc
         added: set[NodeAddress] = set()
         removed: set[NodeAddress] = set()
         for item in proposals:
             if item["type"] != 1:
-                raise _Refused("a commit with a proposal by reference")
+                raise Refused("a commit with a proposal by reference")
             kind, body = item["body"]["proposal_type"], item["body"]["body"]
             if kind == 1:
                 leaf = body["key_package"]["leaf_node"]
                 try:
                     identity = wire.basic_identity(leaf, "commit")
                 except MeshdError as exc:
-                    raise _Refused(f"an Add without a meshd credential: {exc}") from exc
+                    raise Refused(f"an Add without a meshd credential: {exc}") from exc
                 node_key = parse_identity(identity, leaf["signature_key"])
                 if node_key is None:
-                    raise _Refused("an Add whose key package no node endorsed")
+                    raise Refused("an Add whose key package no node endorsed")
                 added.add(NodeAddress.from_public_key(node_key))
             elif kind == 3:
                 owner = view.leaves.get(body["removed"])
                 if owner is None:
-                    raise _Refused("a Remove of an unknown leaf")
+                    raise Refused("a Remove of an unknown leaf")
                 removed.add(NodeAddress.from_public_key(owner))
             else:
-                raise _Refused(f"a commit with a proposal of type {kind}")
+                raise Refused(f"a commit with a proposal of type {kind}")
         return added, removed
 
     def _apply(
@@ -307,9 +275,9 @@ class GroupReceiver:
         try:
             result = self.engine.process(env.commit)
         except CryptoError as exc:
-            raise _Refused(f"commit refused by MLS: {exc}", gid) from exc
+            raise Refused(f"commit refused by MLS: {exc}", gid) from exc
         if isinstance(result, ApplicationMessage):
-            raise _Refused("a commit envelope carried an application message", gid)
+            raise Refused("a commit envelope carried an application message", gid)
         if result.removed:
             del self._groups[gid]
             self._out.deleted.add(gid)
@@ -330,7 +298,7 @@ class GroupReceiver:
         if not honest:
             # Checked before applying too; this second look is at what mls-rs did.
             self.engine.rollback(gid, epoch)
-            raise _Refused("the commit's roster change is not the declared one", gid)
+            raise Refused("the commit's roster change is not the declared one", gid)
         view = self._next_view(gid, st.view, env.action, env.targets, env.id)
         st.advance(LogEntry(epoch, env.id, payload, False, env.action, env.targets), view)
         self._report(st, env.action, env.targets, committer)
@@ -350,7 +318,7 @@ class GroupReceiver:
         try:
             self.engine.rollback(gid, epoch)
         except (NotFound, InvalidArgument) as exc:
-            raise _Refused(f"fork at epoch {epoch} is too old to resolve: {exc}", gid) from exc
+            raise Refused(f"fork at epoch {epoch} is too old to resolve: {exc}", gid) from exc
         dropped = st.truncate(epoch)
         mine = [d for d in dropped if d.mine]
         st.pending.extend(PendingOp(d.action, d.targets, now) for d in mine)
@@ -380,7 +348,7 @@ class GroupReceiver:
     def _on_welcome(self, src: NodeAddress, payload: bytes, now: float) -> None:
         w = GroupWelcome.decode(payload)
         if not w.verify():
-            raise _Refused("bad signature on the welcome")
+            raise Refused("bad signature on the welcome")
         inviter = NodeAddress.from_public_key(w.inviter_key)
         gid = self._replaceable_group(w, inviter)
         if gid is not None:
@@ -390,17 +358,17 @@ class GroupReceiver:
         try:
             joined = self.engine.join_group(w.welcome, now=now)
         except MeshdError as exc:
-            raise _Refused(f"cannot join: {exc}") from exc
+            raise Refused(f"cannot join: {exc}") from exc
         gid = joined.group_id
         if gid != w.group_id:
             self.engine.forget_group(gid)
-            raise _Refused("the welcome's group id does not match its envelope", gid)
+            raise Refused("the welcome's group id does not match its envelope", gid)
         roster = {m.address for m in joined.members if m.verified}
         claimed = dict(w.roles)
         roles = {a: claimed.get(a, Role.MEMBER) for a in roster}
         if inviter not in roster or roles.get(inviter) is not Role.ADMIN:
             self.engine.forget_group(gid)
-            raise _Refused("the welcome is not from an admin of the group", gid)
+            raise Refused("the welcome is not from an admin of the group", gid)
         leaves = {m.leaf_index: m.node_key for m in joined.members if m.verified}
         view = EpochView(w.tip, roles, leaves)
         st = GroupState(gid, w.name, joined.epoch, joined.epoch, {joined.epoch: view})
@@ -433,10 +401,10 @@ class GroupReceiver:
         resp = CatchUpResponse.decode(payload)
         for commit in resp.commits:
             if kind_of(commit) != KIND_COMMIT:
-                raise _Refused("a catch-up entry is not a commit", resp.group_id)
+                raise Refused("a catch-up entry is not a commit", resp.group_id)
             try:
                 self._on_commit(src, commit, now, now)
-            except _Refused as exc:
+            except Refused as exc:
                 self._out.events.append(PayloadRefused(resp.group_id, src, exc.reason))
                 return
 
@@ -447,112 +415,13 @@ class GroupReceiver:
             return
         leaver = NodeAddress.from_public_key(req.member_key)
         if leaver not in st.view.roles or not req.verify():
-            raise _Refused("leave request from a non-member or badly signed", req.group_id)
+            raise Refused("leave request from a non-member or badly signed", req.group_id)
         admins = [a for a in st.view.admins() if a != leaver]
         if self.address not in admins:
             return
         due = now + admins.index(self.address) * self.config.leave_stagger_s
         st.pending.append(PendingOp(Action.REMOVE, ((leaver, st.view.roles[leaver]),), due))
         self._out.changed.add(st.group_id)
-
-    # -- helpers ------------------------------------------------------------------------
-
-    def _stash(self, gid: bytes, item: Buffered, now: float) -> None:
-        """Hold a payload for a group we are not in, in case its Welcome comes later."""
-        ttl = self.config.stash_ttl_s
-        self._stashed = [(g, b) for g, b in self._stashed if b.received_at + ttl > now]
-        if any(b.payload == item.payload for _, b in self._stashed):
-            return
-        if len(self._stashed) >= STASH_MAX:
-            self._stashed.pop(0)
-        self._stashed.append((gid, item))
-
-    def _buffer(
-        self, st: GroupState, src: NodeAddress, epoch: int, payload: bytes, received_at: float
-    ) -> None:
-        if any(b.payload == payload for b in st.buffered):
-            return
-        if len(st.buffered) >= BUFFER_MAX:
-            st.buffered.pop(0)
-        st.buffered.append(Buffered(src, epoch, payload, received_at))
-
-    def _drain(self, st: GroupState, now: float) -> None:
-        """Retry held messages that the group's epoch has reached (in epoch order)."""
-        for _ in range(4):
-            ready = sorted((b for b in st.buffered if b.epoch <= st.epoch), key=lambda b: b.epoch)
-            if not ready:
-                return
-            st.buffered = [b for b in st.buffered if b.epoch > st.epoch]
-            before = (st.epoch, st.tip)
-            for b in ready:
-                if st.group_id not in self._groups:
-                    return
-                try:
-                    self._dispatch(b.src, b.payload, now, b.received_at)
-                except _Refused as exc:
-                    self._out.events.append(PayloadRefused(exc.group_id, b.src, exc.reason))
-                except MeshdError as exc:
-                    self._out.events.append(PayloadRefused(st.group_id, b.src, str(exc)))
-            if (st.epoch, st.tip) == before:
-                return
-
-    def _request_catchup(
-        self, st: GroupState, peer: NodeAddress, from_epoch: int, *, now: float, force: bool = False
-    ) -> None:
-        last = st.catchup_at.get(peer)
-        if not force and last is not None and now - last < self.config.catchup_retry_s:
-            return
-        st.catchup_at[peer] = now
-        self._send(peer, CatchUpRequest(st.group_id, from_epoch).encode())
-
-    def _sync(self, st: GroupState, peer: NodeAddress, *, now: float) -> None:
-        """Exchange chains over the retained window with a peer on another branch."""
-        last = st.catchup_at.get(peer)
-        if last is not None and now - last < self.config.catchup_retry_s:
-            return
-        oldest = min(st.views)
-        self._request_catchup(st, peer, oldest, now=now, force=True)
-        self._push(st, peer, oldest)
-
-    def _push(self, st: GroupState, peer: NodeAddress, from_epoch: int) -> None:
-        entries = [st.log[e].envelope for e in sorted(st.log) if e >= from_epoch]
-        entries = entries[: min(_CATCHUP_SERVED, MAX_CATCHUP_ENTRIES)]
-        if entries:
-            self._send(peer, CatchUpResponse(st.group_id, tuple(entries)).encode())
-
-    def _next_view(
-        self, gid: bytes, old: EpochView, action: Action, targets: Targets, tip: bytes
-    ) -> EpochView:
-        roles = dict(old.roles)
-        for address, role in targets:
-            if action is Action.REMOVE:
-                roles.pop(address, None)
-            elif action in (Action.ADD, Action.ROLE):
-                roles[address] = role
-        return EpochView(tip, roles, self._leaves(gid))
-
-    def _report(self, st: GroupState, action: Action, targets: Targets, by: NodeAddress) -> None:
-        gid, events = st.group_id, self._out.events
-        self._out.changed.add(gid)
-        for address, role in targets:
-            if action is Action.ADD:
-                events.append(MemberAdded(gid, address, role, by))
-            elif action is Action.REMOVE:
-                events.append(MemberRemoved(gid, address, by))
-            elif action is Action.ROLE:
-                events.append(RoleChanged(gid, address, role, by))
-        events.append(EpochAdvanced(gid, st.epoch, st.tip))
-
-    def _leaves(self, gid: bytes) -> dict[int, bytes]:
-        return {m.leaf_index: m.node_key for m in self.engine.members(gid) if m.verified}
-
-    def _send(self, dst: NodeAddress, payload: bytes) -> None:
-        for part in fragment(payload, self.config.max_payload):
-            self._out.sends.append((dst, part))
-
-    def _take(self) -> Output:
-        out, self._out = self._out, Output()
-        return out
 
 
 def _expected(env: GroupCommit) -> tuple[set[NodeAddress], set[NodeAddress]]:
