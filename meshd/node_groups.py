@@ -136,7 +136,12 @@ class GroupMessages:
     def _group_payload(self, event: MessageReceived, wall: float) -> None:
         if self._gm is None:
             return
-        self._groups_apply(self._gm.receive(event.src, event.payload, now=wall), wall)
+        try:
+            out = self._gm.receive(event.src, event.payload, now=wall)
+        except Exception:  # the layer refuses bad input itself; a bug must not stop the pump
+            self.log.exception("group_payload_failed", peer=event.src.short)
+            return
+        self._groups_apply(out, wall)
 
     # --- carrying out the manager's output -------------------------------------------
     def _groups_apply(self, out: Output, wall: float) -> None:

@@ -4,12 +4,15 @@ once the mesh heals and members talk, every member is on one epoch with one rost
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshd.e2e.group_wire import Role
+from meshd.e2e.group_wire import CatchUpRequest, CatchUpResponse, LeaveRequest, Role
+from meshd.e2e.groups_events import GroupMessage
 from meshd.errors import MeshdError
 from tests.unit.test_groups_net import Net
 
@@ -78,3 +81,49 @@ def test_members_converge_after_any_history(script: list[tuple[str, str, str]], 
         net.run(3.0)
         assert all(net.peers[n].texts(gid)[-1:] == [b"final"] for n in "acd")
         net.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Net, bytes, list[bytes]]]:
+    """A 3-member group and one of each payload kind sent to member c."""
+    net = Net(tmp_path_factory.mktemp("fuzz"), seed=1, loss=0.0, dup=0.0)
+    for n in "abcd":
+        net.add(n)
+    gid = net.group("a", "bc")
+    a, c = net.peers["a"], net.peers["c"]
+    seen: list[bytes] = []
+    seen += [p for _, p in a.mgr.invite(gid, [(net.kp("d"), Role.MEMBER)], now=net.now).sends]
+    seen += [p for _, p in a.mgr.self_update(gid, now=net.now).sends]
+    seen += [p for _, p in a.mgr.send(gid, "chat", b"x", now=net.now)[1].sends]
+    seen.append(CatchUpRequest(gid, 0).encode())
+    seen.append(
+        CatchUpResponse(gid, tuple(a.mgr.state(gid).log[e].envelope for e in (0, 1))).encode()
+    )
+    seen.append(LeaveRequest(gid, 1, c.identity.public.signing_key).signed(c.identity).encode())
+    yield net, gid, sorted(set(seen))
+    net.close()
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_mutated_payloads_never_raise(
+    corpus: tuple[Net, bytes, list[bytes]], data: st.DataObject
+) -> None:
+    net, _, payloads = corpus
+    base = bytearray(data.draw(st.sampled_from(payloads)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        i = data.draw(st.integers(0, max(0, len(base) - 1)))
+        if kind == "flip" and base:
+            base[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del base[i:]
+        else:
+            base[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+    src = net.peers[data.draw(st.sampled_from("abd"))].address
+    for name in "bc":  # a member, and one with another view of the group
+        out = net.peers[name].mgr.receive(src, bytes(base), now=net.now)
+        texts = [e.content for e in out.events if isinstance(e, GroupMessage)]
+        assert texts in ([], [b"x"])  # a mutated ciphertext never opens to something else
