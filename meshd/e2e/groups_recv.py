@@ -297,7 +297,11 @@ class GroupReceiver(GroupBase):
         )
         if not honest:
             # Checked before applying too; this second look is at what mls-rs did.
-            self.engine.rollback(gid, epoch)
+            try:
+                self.engine.rollback(gid, epoch)
+            except MeshdError:
+                st.orphaned = True  # MLS and meshd no longer agree: out of service
+                self._out.changed.add(gid)
             raise Refused("the commit's roster change is not the declared one", gid)
         view = self._next_view(gid, st.view, env.action, env.targets, env.id)
         st.advance(LogEntry(epoch, env.id, payload, False, env.action, env.targets), view)
