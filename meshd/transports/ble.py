@@ -98,6 +98,7 @@ class BleTransport(Transport):
         self._wake_sup = asyncio.Event()
         self._wake_periph = asyncio.Event()
         self._advert_at = -1e9
+        self._broken = False  # a task of the up state failed: rebuild
         self.counters: dict[str, int] = {"refused_writes": 0, "bad_pdus": 0, "notified": 0}
 
     # --- Transport ------------------------------------------------------------------
@@ -183,6 +184,8 @@ class BleTransport(Transport):
 
     async def _supervise(self) -> None:
         delay = self.config.backoff_initial
+        loop = asyncio.get_running_loop()
+        up_at = 0.0
         while True:
             self._wake_sup.clear()
             w = self._watch
@@ -197,14 +200,24 @@ class BleTransport(Transport):
                 self._detail = f"down: system bus unreachable ({exc})"
             want = w.bus_ok and w.present and w.powered
             peripheral_dead = self._up and not (self._peripheral and self._peripheral.alive)
-            if self._up and (not want or peripheral_dead):
-                reason = self._down_reason() if not want else "down: peripheral lost its bus"
+            if self._up and (not want or peripheral_dead or self._broken):
+                reason = (
+                    self._down_reason() if not want
+                    else "down: peripheral lost its bus" if peripheral_dead
+                    else "down: restarting after a failure"
+                )
                 self._log.warning("ble.down", reason=reason)
+                failed = want  # our own failure, not BlueZ going away: back off first
                 await self._bring_down(reason)
+                if failed:
+                    if loop.time() - up_at > self.config.backoff_max:
+                        delay = self.config.backoff_initial  # it had been up a while
+                    await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+                    delay = min(self.config.backoff_max, delay * 2)
             if want and not self._up:
                 try:
                     await self._bring_up()
-                    delay = self.config.backoff_initial
+                    up_at = loop.time()
                     self._log.info("ble.up", adapter=self.config.adapter)
                 except Exception as exc:
                     self._log.warning("ble.start_failed", error=repr(exc), retry_in=delay)
@@ -218,6 +231,7 @@ class BleTransport(Transport):
                 await asyncio.wait_for(self._wake_sup.wait(), 5.0)
 
     async def _bring_up(self) -> None:
+        self._broken = False
         self._peripheral = Peripheral(self.config.adapter, self._on_write)
         await asyncio.wait_for(self._peripheral.start(self._summary_bytes()), 10.0)
         self._advert_at = asyncio.get_running_loop().time()
@@ -261,6 +275,7 @@ class BleTransport(Transport):
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self._log.error("ble.task_failed", error=repr(task.exception()))
+            self._broken = True  # the supervisor rebuilds peripheral and scanner
             self._wake_sup.set()
 
     # --- advertisement ----------------------------------------------------------------
