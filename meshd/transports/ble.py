@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -43,7 +42,7 @@ from meshd.transports.ble_advert import (
 )
 from meshd.transports.ble_gatt import AdapterWatch, CentralConnection, Peripheral, Refused
 from meshd.transports.ble_link import BleConfig as BleConfig  # re-exported: the public config
-from meshd.transports.ble_link import BleLink
+from meshd.transports.ble_link import BleLink, EphemeralCache
 from meshd.transports.ble_policy import Candidate, LinkView, plan, rank, scan_duty
 from meshd.transports.ble_session import (
     CLOSE_DUPLICATE,
@@ -92,13 +91,14 @@ class BleTransport(Transport):
         self._busy: set[str] = set()  # devices being connected to
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
-        self._seen_ephemerals: OrderedDict[bytes, None] = OrderedDict()
+        self._seen_ephemerals = EphemeralCache()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._up_tasks: set[asyncio.Task[Any]] = set()  # die with the adapter
         self._wake_sup = asyncio.Event()
         self._wake_periph = asyncio.Event()
         self._advert_at = -1e9
         self._broken = False  # a task of the up state failed: rebuild
+        self._rebalanced_at = -1e9
         self.counters: dict[str, int] = {"refused_writes": 0, "bad_pdus": 0, "notified": 0}
 
     # --- Transport ------------------------------------------------------------------
@@ -170,18 +170,6 @@ class BleTransport(Transport):
                 link.session.ping(now=now)
                 self._wake(link)
 
-    def _down_reason(self) -> str:
-        w = self._watch
-        if not w.bus_ok:
-            return "down: system bus connection lost"
-        if not w.bluez:
-            return "down: bluetoothd not running"
-        if not w.present:
-            return f"down: adapter {self.config.adapter} gone"
-        if not w.powered:
-            return f"down: adapter {self.config.adapter} powered off"
-        return "down"
-
     async def _supervise(self) -> None:
         delay = self.config.backoff_initial
         loop = asyncio.get_running_loop()
@@ -202,7 +190,7 @@ class BleTransport(Transport):
             peripheral_dead = self._up and not (self._peripheral and self._peripheral.alive)
             if self._up and (not want or peripheral_dead or self._broken):
                 reason = (
-                    self._down_reason() if not want
+                    self._watch.down_reason() if not want
                     else "down: peripheral lost its bus" if peripheral_dead
                     else "down: restarting after a failure"
                 )
@@ -226,7 +214,7 @@ class BleTransport(Transport):
                     delay = min(self.config.backoff_max, delay * 2)
                     continue
             elif not want:
-                self._detail = self._down_reason() if w.bus_ok else self._detail
+                self._detail = self._watch.down_reason() if w.bus_ok else self._detail
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_sup.wait(), 5.0)
 
@@ -323,7 +311,7 @@ class BleTransport(Transport):
         first = link.session.remote_ephemeral is None
         link.session.receive(pdu, now=now)
         eph = link.session.remote_ephemeral
-        if first and eph is not None and not self._fresh_ephemeral(eph):
+        if first and eph is not None and not self._seen_ephemerals.fresh(eph):
             link.session.close("replayed handshake message")
         link.probe_at = None
         self._process(link)
@@ -399,9 +387,16 @@ class BleTransport(Transport):
             busy=self._busy | {lk.device for lk in self._centrals}, now=now,
             grace=self.config.grace,
         )
-        pending = len(links) - len(views) + len(self._busy)
+        handshaking = sum(1 for lk in links if lk.link_id is None and not lk.session.closed)
+        pending = handshaking + len(self._busy)
         drop, opens = plan(views, max_links=max(0, self.config.max_links - pending),
                            waiting=len(ranked))
+        if drop and now - self._rebalanced_at < self.config.rebalance_interval:
+            # One trade at a time: a rebalancing drop waits until the last one settled.
+            opens -= min(opens, len(drop))
+            drop = []
+        elif drop:
+            self._rebalanced_at = now
         for link in links:
             if link.link_id is not None and int(link.link_id) in drop:
                 self._log.info("ble.rebalance_drop", peer=link.peer.address.short)
@@ -562,14 +557,6 @@ class BleTransport(Transport):
         same direction the newer (the older one is a leftover of a dropped connection)."""
         central = self._own if link.central else link.peer.address
         return central.raw, -link.created
-
-    def _fresh_ephemeral(self, ephemeral: bytes) -> bool:
-        if ephemeral in self._seen_ephemerals:
-            return False
-        self._seen_ephemerals[ephemeral] = None
-        if len(self._seen_ephemerals) > 1024:
-            self._seen_ephemerals.popitem(last=False)
-        return True
 
     def _link_count(self) -> int:
         """Links and connections in progress, both roles (what ``max_links`` bounds)."""

@@ -131,6 +131,18 @@ class AdapterWatch:
             self.present = self.powered = False
             self.error = str(reply.body[0]) if reply is not None and reply.body else ""
 
+    def down_reason(self) -> str:
+        """Why the adapter cannot be used now, for the transport's status detail."""
+        if not self.bus_ok:
+            return "down: system bus connection lost"
+        if not self.bluez:
+            return "down: bluetoothd not running"
+        if not self.present:
+            return f"down: adapter {self.adapter} gone"
+        if not self.powered:
+            return f"down: adapter {self.adapter} powered off"
+        return "down"
+
     def _on_message(self, msg: Any) -> None:
         member = msg.member
         if member == "NameOwnerChanged":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class BleConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     advert_refresh: float = 5.0
+    rebalance_interval: float = 15.0  # REFERENCE: clusters rebalance every 15 s
     probe_timeout: float = 2.0  # a BlueZ disconnect: peripheral sessions must answer
     # Yield to the loop after each notification (see the module docstring); off only
     # to measure what happens without it (bench/ble_bench.py).
@@ -83,3 +85,19 @@ class BleLink(Link):
     def close(self) -> None:
         self.session.close("closed locally")
         self._wake(self)
+
+
+class EphemeralCache:
+    """Handshake first messages already answered (by ephemeral key): a replay is refused."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._capacity = capacity
+
+    def fresh(self, ephemeral: bytes) -> bool:
+        if ephemeral in self._seen:
+            return False
+        self._seen[ephemeral] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return True
