@@ -17,6 +17,7 @@ import structlog
 
 from meshd.config import Config, load_config
 from meshd.crypto.identity import Identity
+from meshd.e2e.groups_events import GroupConfig
 from meshd.errors import ConfigError, MeshdError
 from meshd.logging import configure_process_logging
 from meshd.node import Node
@@ -171,6 +172,7 @@ async def run(cfg: Config, *, notifier: SdNotifier | None = None) -> int:
         accept_from=cfg.accept_from,
         logger=log,
     )
+    node.group_config = GroupConfig(update_interval_s=cfg.group_update_interval_s)
     for transport in built:
         set_summary = getattr(transport, "set_summary_source", None)
         if set_summary is not None:

@@ -12,6 +12,7 @@ Precedence, highest first: command-line flag, environment (``MESHD_SOCKET``,
     log_format = "auto"         # auto (console on a TTY, else json) | console | json
     battery = 80                # fixed battery level 0..100 (tests, desktops)
     accept_from = "anyone"      # who may open a 1:1 session: anyone | contacts
+    group_update_interval = 86400  # seconds between own MLS group self-updates (docs/groups.md)
 
     [ble]                       # Bluetooth LE transport (docs/ble.md)
     enabled = true              # default: on when an adapter exists (else logged once)
@@ -39,6 +40,9 @@ from meshd.paths import SOCKET_ENV, default_socket_path, default_state_dir
 
 DEFAULT_PORT = 4717
 DEFAULT_LISTEN = f"[::]:{DEFAULT_PORT}"
+# Post-compromise security: each member's own MLS self-update (docs/groups.md).
+GROUP_UPDATE_INTERVAL_DEFAULT_S = 24 * 3600.0
+GROUP_UPDATE_INTERVAL_MAX_S = 365 * 24 * 3600.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
@@ -66,6 +70,7 @@ class Config:
     log_format: str = "auto"
     battery: int | None = None
     accept_from: str = "anyone"  # meshd/e2e/requests.py
+    group_update_interval_s: float = GROUP_UPDATE_INTERVAL_DEFAULT_S  # meshd/e2e/groups.py
     ble: bool | None = None  # None: on if an adapter exists (the transport says so once)
     ble_adapter: str = "hci0"
     ble_max_links: int = 4
@@ -126,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--battery", metavar="N", help="fixed battery level 0..100")
     p.add_argument("--accept-from", metavar="WHO",
                    help="who may open a 1:1 session: anyone (default) or contacts")
+    p.add_argument("--group-update-interval", metavar="SECONDS",
+                   help="own MLS group self-update at least this often (default 86400)")
     ble = p.add_mutually_exclusive_group()
     ble.add_argument("--ble", dest="ble", action="store_true", default=None,
                      help="Bluetooth LE transport on (default: on if an adapter exists)")
@@ -136,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _KEYS = (
     "accept_from",
+    "group_update_interval",
     "state_dir",
     "socket",
     "listen",
@@ -207,6 +215,22 @@ def _as_battery(value: object, key: str) -> int:
     return value
 
 
+def _as_interval(value: object, key: str) -> float:
+    """Seconds, 1..GROUP_UPDATE_INTERVAL_MAX_S (a number, or its text from the CLI)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"expected a number of seconds, got {value!r}", field=key) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"expected a number of seconds, got {value!r}", field=key)
+    if not 1 <= value <= GROUP_UPDATE_INTERVAL_MAX_S:
+        raise ConfigError(
+            f"expected 1..{GROUP_UPDATE_INTERVAL_MAX_S:.0f} seconds, got {value!r}", field=key
+        )
+    return float(value)
+
+
 def _ble_table(value: object) -> dict[str, Any]:
     """The ``[ble]`` table (or a bare ``true``/``false`` from the command line)."""
     if isinstance(value, bool):
@@ -259,6 +283,8 @@ def _apply(cfg: Config, values: Mapping[str, object]) -> Config:
             if value not in ("anyone", "contacts"):
                 raise ConfigError(f"expected anyone or contacts, got {value!r}", field=key)
             changes[key] = value
+        elif key == "group_update_interval":
+            changes["group_update_interval_s"] = _as_interval(value, key)
         elif key == "ble":
             changes.update(_ble_table(value))
         else:  # pragma: no cover - _KEYS and this chain are kept in step
@@ -295,6 +321,7 @@ def load_config(
         "log_format": args.log_format,
         "battery": args.battery,
         "accept_from": args.accept_from,
+        "group_update_interval": args.group_update_interval,
         "ble": args.ble,
     }
     return _apply(cfg, {k: v for k, v in cli.items() if v is not None})
