@@ -24,6 +24,7 @@ from meshd.crypto.mls.engine import MlsEngine
 from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e import session_wire as sw
 from meshd.e2e.requests import AcceptFrom, E2eSessions, RequestInfo
+from meshd.e2e.session_updates import DEFAULT_UPDATE_INTERVAL_S
 from meshd.e2e.sessions import Deliver, Expired, Notice, SendPayload, SessionInfo
 from meshd.envelope import Envelope
 from meshd.errors import (
@@ -110,6 +111,8 @@ class SessionMessages:
     _e2e_timer: asyncio.TimerHandle | None = None
     _e2e_resends: dict[bytes, bytes] | None = None  # re-send carrier id -> app message id
     accept_from_default: AcceptFrom = AcceptFrom.ANYONE
+    #: Seconds between self-updates of each 1:1 session (0: never); set before start().
+    session_update_interval: float = DEFAULT_UPDATE_INTERVAL_S
 
     # --- lifecycle ----------------------------------------------------------------------
     @property
@@ -137,8 +140,10 @@ class SessionMessages:
         self._e2e = E2eSessions(
             self._mls,
             self._tables(),
+            identity=self.identity,
             pinned=self.trust.book.get,
             default_accept_from=self.accept_from_default,
+            update_interval=self.session_update_interval,
         )
         if self._e2e_resends is None:
             self._e2e_resends = {}

@@ -19,9 +19,11 @@ from dataclasses import dataclass, replace
 
 from meshd.address import NodeAddress
 from meshd.crypto import tofu
+from meshd.crypto.identity import Identity
 from meshd.crypto.mls.engine import MlsEngine
 from meshd.e2e import session_wire as sw
-from meshd.e2e.sessions import Expired, Notice, SendPayload, SessionManager
+from meshd.e2e.session_updates import DEFAULT_UPDATE_INTERVAL_S, SessionUpdates
+from meshd.e2e.sessions import Expired, Notice, SendPayload
 from meshd.envelope import Envelope
 from meshd.errors import (
     AlreadyExists,
@@ -54,7 +56,7 @@ class RequestInfo:
     messages: int  # incoming: messages held until accepted
 
 
-class E2eSessions(SessionManager):
+class E2eSessions(SessionUpdates):
     """Sessions plus the connection-request layer (one per node)."""
 
     def __init__(
@@ -62,10 +64,13 @@ class E2eSessions(SessionManager):
         engine: MlsEngine,
         tables: SessionTables,
         *,
+        identity: Identity,
         pinned: Callable[[NodeAddress], tofu.Contact | None] = lambda _a: None,
         default_accept_from: AcceptFrom = AcceptFrom.ANYONE,
+        update_interval: float = DEFAULT_UPDATE_INTERVAL_S,
     ) -> None:
-        super().__init__(engine, tables, pinned=pinned)
+        super().__init__(engine, tables, identity=identity, pinned=pinned,
+                         update_interval=update_interval)  # fmt: skip
         stored = tables.setting("accept_from")
         self.accept_from = AcceptFrom(stored) if stored else default_accept_from
         self._accepted = tables.accepted()
@@ -96,7 +101,7 @@ class E2eSessions(SessionManager):
         now = self._now
         if self._request(src, INCOMING) is None:
             if len(self.tables.requests(INCOMING)) >= MAX_INCOMING_REQUESTS:
-                reject = sw.ConnReject(sw.RejectReason.BUSY, frame.group_id).encode()
+                reject = self.signed(src, sw.ConnReject(sw.RejectReason.BUSY, frame.group_id))
                 self.actions.append(SendPayload(src, reject, None))
                 self.actions.append(Notice("connection_rejected", src,
                                            "incoming request list full", warning=True))  # fmt: skip
@@ -247,7 +252,7 @@ class E2eSessions(SessionManager):
         self.tables.delete_request(peer, INCOMING)
         self.tables.drop_held(peer)
         if req.group_id is not None:
-            payload = sw.ConnReject(sw.RejectReason.DECLINED, req.group_id).encode()
+            payload = self.signed(peer, sw.ConnReject(sw.RejectReason.DECLINED, req.group_id))
             self.actions.append(SendPayload(peer, payload, None))
         self.actions.append(Notice("connection_rejected", peer, "incoming"))
 
@@ -260,7 +265,8 @@ class E2eSessions(SessionManager):
             self.tables.delete_session(peer)
             self._drop_group(s.group_id)
         if req.group_id is not None:
-            self.actions.append(SendPayload(peer, sw.ConnCancel(req.group_id).encode(), None))
+            self.actions.append(SendPayload(peer, self.signed(peer, sw.ConnCancel(req.group_id)),
+                                            None))  # fmt: skip
         self._fail_pending(peer, "connection request cancelled")
         self.actions.append(Notice("connection_cancelled", peer, "outgoing"))
 
@@ -280,7 +286,8 @@ class E2eSessions(SessionManager):
             if r.direction == INCOMING:
                 self.tables.drop_held(r.peer)
                 if r.group_id is not None:
-                    expired = sw.ConnReject(sw.RejectReason.EXPIRED, r.group_id).encode()
+                    expired = self.signed(r.peer, sw.ConnReject(sw.RejectReason.EXPIRED,
+                                                                r.group_id))  # fmt: skip
                     self.actions.append(SendPayload(r.peer, expired, None))
             self.actions.append(Notice("connection_expired", r.peer, r.direction))
 

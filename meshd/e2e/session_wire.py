@@ -4,6 +4,13 @@ Every layout is in docs/wire-format.md ("1:1 sessions"), with hex vectors the te
 from the page. All integers are big-endian. Decoders raise ``FrameDecodeError`` naming the
 field; nothing here touches MLS state (the bytes inside are opaque MLS messages).
 
+Control payloads that carry no MLS authentication of their own (KP_REQUEST, KP_RESPONSE,
+SESSION_RESET, CONN_REJECT, CONN_CANCEL) end with ``signer (32) · signature (64)``: the
+sender's Ed25519 node key and its signature over a context label, the source and
+destination addresses and the payload before the trailer (``control_signed_bytes``). The
+receiver checks the key hashes to the source address (and is the TOFU-pinned one), so a
+relay or any other node cannot forge or redirect them.
+
 The plaintext inside an MLS application message (``Sealed``) is meshd's, not the app's:
 it carries the app-level message id (stable across a re-send after SESSION_RESET, so the
 receiver delivers a message once) and the app envelope (``meshd.envelope``).
@@ -15,6 +22,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from meshd.address import NodeAddress
+from meshd.crypto.identity import Identity, verify_signature
 from meshd.envelope import Envelope, decode_envelope
 from meshd.errors import FrameDecodeError, InvalidArgument
 
@@ -23,6 +32,11 @@ MAX_GROUP_ID_LEN = 255
 MAX_BLOB_LEN = 0xFFFF
 #: Extension type of the announce extension carrying this node's MLS key package.
 EXT_KEY_PACKAGE = 0x01
+#: signer key (32) + Ed25519 signature (64) ending every signed control payload.
+SIGNER_LEN, SIGNATURE_LEN = 32, 64
+AUTH_LEN = SIGNER_LEN + SIGNATURE_LEN
+#: Domain separation of the control signatures (never valid as any other meshd signature).
+CONTROL_CONTEXT = b"meshd session control v1\x00"
 
 
 class Kind(enum.IntEnum):
@@ -34,6 +48,7 @@ class Kind(enum.IntEnum):
     CONN_ACCEPT = 0x15
     CONN_REJECT = 0x16
     CONN_CANCEL = 0x17
+    SESSION_COMMIT = 0x18
 
 
 class InitFlags(enum.IntFlag):
@@ -91,23 +106,35 @@ class SessionInit:
 
 @dataclass(frozen=True, slots=True)
 class KpRequest:
-    """0x12: kind | request_id (8). The receiver answers with a fresh key package."""
+    """0x12: kind | request_id (8) | auth. The receiver answers with a fresh key package."""
 
     request_id: bytes
+    auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
 
     def encode(self) -> bytes:
+        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
+        return self.body() + self.auth
+
+    def body(self) -> bytes:
+        """The payload without the signature trailer (what the signature covers)."""
         _check(self.request_id, MESSAGE_ID_LEN, MESSAGE_ID_LEN, "request_id")
         return bytes((Kind.KP_REQUEST,)) + self.request_id
 
 
 @dataclass(frozen=True, slots=True)
 class KpResponse:
-    """0x13: kind | request_id (8) | key_package (MLSMessage, to the end)."""
+    """0x13: kind | request_id (8) | key_package (MLSMessage) | auth (last 96 bytes)."""
 
     request_id: bytes
     key_package: bytes
+    auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
 
     def encode(self) -> bytes:
+        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
+        return self.body() + self.auth
+
+    def body(self) -> bytes:
+        """The payload without the signature trailer (what the signature covers)."""
         _check(self.request_id, MESSAGE_ID_LEN, MESSAGE_ID_LEN, "request_id")
         _check(self.key_package, 1, MAX_BLOB_LEN, "key_package")
         return bytes((Kind.KP_RESPONSE,)) + self.request_id + self.key_package
@@ -115,7 +142,7 @@ class KpResponse:
 
 @dataclass(frozen=True, slots=True)
 class SessionReset:
-    """0x14: kind | reason u8 | gid_len u8 | group_id | key_package (to the end).
+    """0x14: kind | reason u8 | gid_len u8 | group_id | key_package | auth (last 96).
 
     The receiver cannot use the group: the sender drops it, builds a new one from the
     fresh key package and re-sends what it had sealed in the old one.
@@ -124,8 +151,14 @@ class SessionReset:
     reason: ResetReason
     group_id: bytes
     key_package: bytes
+    auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
 
     def encode(self) -> bytes:
+        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
+        return self.body() + self.auth
+
+    def body(self) -> bytes:
+        """The payload without the signature trailer (what the signature covers)."""
         _check(self.group_id, 1, MAX_GROUP_ID_LEN, "group_id")
         _check(self.key_package, 1, MAX_BLOB_LEN, "key_package")
         return (
@@ -154,25 +187,58 @@ class ConnAccept:
 
 @dataclass(frozen=True, slots=True)
 class ConnReject:
-    """0x16: kind | reason u8 | gid_len u8 | group_id."""
+    """0x16: kind | reason u8 | gid_len u8 | group_id | auth."""
 
     reason: RejectReason
     group_id: bytes
+    auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
 
     def encode(self) -> bytes:
+        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
+        return self.body() + self.auth
+
+    def body(self) -> bytes:
+        """The payload without the signature trailer (what the signature covers)."""
         _check(self.group_id, 1, MAX_GROUP_ID_LEN, "group_id")
         return bytes((Kind.CONN_REJECT, int(self.reason), len(self.group_id))) + self.group_id
 
 
 @dataclass(frozen=True, slots=True)
 class ConnCancel:
-    """0x17: kind | gid_len u8 | group_id. The requester withdraws its request."""
+    """0x17: kind | gid_len u8 | group_id | auth. The requester withdraws its request."""
 
     group_id: bytes
+    auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
 
     def encode(self) -> bytes:
+        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
+        return self.body() + self.auth
+
+    def body(self) -> bytes:
+        """The payload without the signature trailer (what the signature covers)."""
         _check(self.group_id, 1, MAX_GROUP_ID_LEN, "group_id")
         return bytes((Kind.CONN_CANCEL, len(self.group_id))) + self.group_id
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCommit:
+    """0x18: kind | commit_len u16 | commit | MLS application message (to the end, may be
+    empty).
+
+    A self-update commit of the sender (post-compromise security). Like the Welcome in
+    SESSION_INIT it travels with every message the sender seals in the new epoch until the
+    peer proves it is there, so a lost or reordered commit frame costs nothing.
+    """
+
+    commit: bytes
+    message: bytes
+
+    def encode(self) -> bytes:
+        _check(self.commit, 1, MAX_BLOB_LEN, "commit")
+        return (
+            bytes((Kind.SESSION_COMMIT,)) + struct.pack(">H", len(self.commit)) + self.commit
+            + self.message
+        )  # fmt: skip
 
 
 SessionFrame = (
@@ -184,7 +250,43 @@ SessionFrame = (
     | ConnAccept
     | ConnReject
     | ConnCancel
+    | SessionCommit
 )
+#: Kinds whose payload ends with the sender's node-key signature.
+SIGNED_KINDS = frozenset(
+    {Kind.KP_REQUEST, Kind.KP_RESPONSE, Kind.SESSION_RESET, Kind.CONN_REJECT, Kind.CONN_CANCEL}
+)
+
+
+def control_signed_bytes(src: NodeAddress, dst: NodeAddress, body: bytes) -> bytes:
+    """What a control signature covers: context · src (16) · dst (16) · body. The
+    addresses bind it to one sender and one receiver (no reflection to a third node)."""
+    return CONTROL_CONTEXT + src.raw + dst.raw + body
+
+
+SignedFrame = KpRequest | KpResponse | SessionReset | ConnReject | ConnCancel
+
+
+def sign_control(frame: SignedFrame, identity: Identity, dst: NodeAddress) -> bytes:
+    """``frame`` as a payload from ``identity`` to ``dst``, signature trailer appended."""
+    body = frame.body()
+    signature = identity.sign(control_signed_bytes(identity.address, dst, body))
+    return body + identity.public.signing_key + signature
+
+
+def control_forgery(
+    payload: bytes, src: NodeAddress, dst: NodeAddress, pinned_key: bytes | None
+) -> str | None:
+    """Why a signed control ``payload`` (decoded fine) is not ``src``'s, or None if it is."""
+    auth = payload[-AUTH_LEN:]
+    signer, signature = auth[:SIGNER_LEN], auth[SIGNER_LEN:]
+    if NodeAddress.from_public_key(signer) != src:
+        return "signed by a key that is not the source's"
+    if pinned_key is not None and pinned_key != signer:
+        return "signed by a key that is not the pinned one"
+    if not verify_signature(signer, signature, control_signed_bytes(src, dst, payload[:-AUTH_LEN])):
+        return "bad signature"
+    return None
 
 
 def decode(data: bytes) -> SessionFrame:
@@ -196,6 +298,11 @@ def decode(data: bytes) -> SessionFrame:
     except ValueError:
         msg = f"unknown session payload kind {data[0]:#04x}"
         raise FrameDecodeError(msg, field="kind") from None
+    auth = b""
+    if kind in SIGNED_KINDS:
+        if len(data) < 1 + AUTH_LEN:
+            raise FrameDecodeError("missing signature", field="auth")
+        data, auth = data[:-AUTH_LEN], bytes(data[-AUTH_LEN:])
     r = _Reader(data, 1)
     if kind is Kind.SESSION_APP:
         return SessionApp(r.rest("message", minimum=1))
@@ -209,10 +316,10 @@ def decode(data: bytes) -> SessionFrame:
     if kind is Kind.KP_REQUEST:
         request_id = r.take(MESSAGE_ID_LEN, "request_id")
         r.end()
-        return KpRequest(request_id)
+        return KpRequest(request_id, auth)
     if kind is Kind.KP_RESPONSE:
         request_id = r.take(MESSAGE_ID_LEN, "request_id")
-        return KpResponse(request_id, r.rest("key_package", minimum=1))
+        return KpResponse(request_id, r.rest("key_package", minimum=1), auth)
     if kind is Kind.SESSION_RESET:
         reason = r.u8("reason")
         try:
@@ -220,7 +327,7 @@ def decode(data: bytes) -> SessionFrame:
         except ValueError:
             raise FrameDecodeError(f"unknown reset reason {reason}", field="reason") from None
         group_id = r.blob8("group_id")
-        return SessionReset(why, group_id, r.rest("key_package", minimum=1))
+        return SessionReset(why, group_id, r.rest("key_package", minimum=1), auth)
     if kind is Kind.CONN_ACCEPT:
         group_id = r.blob8("group_id")
         return ConnAccept(group_id, r.rest("message", minimum=1))
@@ -232,10 +339,15 @@ def decode(data: bytes) -> SessionFrame:
             raise FrameDecodeError(f"unknown reject reason {reason}", field="reason") from None
         group_id = r.blob8("group_id")
         r.end()
-        return ConnReject(rej, group_id)
+        return ConnReject(rej, group_id, auth)
+    if kind is Kind.SESSION_COMMIT:
+        commit = r.blob16("commit")
+        if not commit:
+            raise FrameDecodeError("empty commit", field="commit")
+        return SessionCommit(commit, r.rest("message", minimum=0))
     group_id = r.blob8("group_id")
     r.end()
-    return ConnCancel(group_id)
+    return ConnCancel(group_id, auth)
 
 
 # --- the plaintext inside an MLS application message --------------------------------

@@ -18,6 +18,11 @@ KP_RESPONSE), creates a group, adds the peer, and sends SESSION_INIT (Welcome + 
 ciphertext). The Welcome rides along with every message until the sender knows the peer
 joined: the joiner answers with CONN_ACCEPT, an MLS message in the group. If both ends set up at
 once, each joins the other's group too and both send in the one with the lower group id.
+
+Control payloads without MLS protection (KP_REQUEST/RESPONSE, SESSION_RESET, CONN_REJECT,
+CONN_CANCEL) are signed with the node's Ed25519 key and refused unless the signature is by
+the key the source address derives from (and the TOFU-pinned one). Periodic self-updates
+(post-compromise security) live in meshd/e2e/session_updates.py.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass, replace
 
 from meshd.address import NodeAddress
 from meshd.crypto import tofu
+from meshd.crypto.identity import Identity
 from meshd.crypto.mls import wire as mls_wire
 from meshd.crypto.mls.engine import ApplicationMessage, KeyPackage, MlsEngine
 from meshd.e2e import session_wire as sw
@@ -37,6 +43,7 @@ from meshd.envelope import Envelope
 from meshd.errors import (
     AlreadyExists,
     CryptoError,
+    EpochAheadError,
     FailedPrecondition,
     InvalidArgument,
     MeshdError,
@@ -62,6 +69,8 @@ SEALED_KEEP_S = 3600.0
 #: Messages waiting for a key package, all peers together (the core's outbox bound).
 MAX_PENDING = 10_000
 _CACHE_MAX = 4096
+#: KP_REQUEST ids remembered per peer: a KP_RESPONSE must answer one of them.
+_REQUEST_IDS_KEPT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +132,14 @@ class SessionManager:
         engine: MlsEngine,
         tables: SessionTables,
         *,
+        identity: Identity,
         pinned: Callable[[NodeAddress], tofu.Contact | None] = lambda _a: None,
     ) -> None:
+        if identity.public.signing_key != engine.node_key:
+            raise InvalidArgument("the MLS engine belongs to another identity", field="identity")
         self.engine = engine
         self.tables = tables
+        self.identity = identity
         self.own = engine.address
         self._pinned = pinned
         self.actions: deque[Action] = deque()
@@ -142,6 +155,7 @@ class SessionManager:
         self._kp_cache: dict[NodeAddress, bytes] = {}
         self._kp_used: set[bytes] = set()  # refs of peers' key packages we consumed
         self._kp_requested: dict[NodeAddress, float] = {}
+        self._kp_request_ids: dict[NodeAddress, deque[bytes]] = {}
         self._kp_waiters: dict[NodeAddress, list[Callable[[bytes], None]]] = {}
         self._kp_for_peer: dict[NodeAddress, list[tuple[KeyPackage, float]]] = {}
         self._resets: dict[bytes, float] = {}
@@ -249,7 +263,11 @@ class SessionManager:
         if not force and last is not None and now - last < KP_REQUEST_INTERVAL_S:
             return
         self._kp_requested[peer] = now
-        request = sw.KpRequest(os.urandom(8)).encode()
+        rid = os.urandom(8)
+        if len(self._kp_request_ids) >= _CACHE_MAX and peer not in self._kp_request_ids:
+            self._kp_request_ids.clear()
+        self._kp_request_ids.setdefault(peer, deque(maxlen=_REQUEST_IDS_KEPT)).append(rid)
+        request = self.signed(peer, sw.KpRequest(rid))
         # Short-lived: tick() asks again while messages wait (also after a restart).
         self.actions.append(SendPayload(peer, request, None, KP_REQUEST_LIFETIME_S))
 
@@ -298,6 +316,7 @@ class SessionManager:
     def _drop_group(self, group_id: bytes) -> None:
         self._groups.pop(group_id, None)
         self.tables.delete_group(group_id)
+        self.group_dropped(group_id)
         with contextlib.suppress(NotFound):
             self.engine.forget_group(group_id)
 
@@ -343,17 +362,57 @@ class SessionManager:
     ) -> bytes:
         sealed = sw.Sealed(sw.SealedType.APP, message_id, envelope).encode()
         ciphertext = self.engine.encrypt(s.group_id, sealed)  # saved before frames leave
-        payload = self._frame(s, ciphertext, flags | self.init_flags(s.peer))
+        payload = self.frame(s, ciphertext, flags | self.init_flags(s.peer))
         self.tables.add_sealed(
             SealedRow(carrier_id, message_id, s.peer, s.group_id, payload, now, expires_at, False)
         )
         return payload
 
-    @staticmethod
-    def _frame(s: SessionRow, ciphertext: bytes, flags: sw.InitFlags) -> bytes:
+    def frame(self, s: SessionRow, ciphertext: bytes, flags: sw.InitFlags) -> bytes:
+        """The payload carrying ``ciphertext`` in ``s``'s group (with the Welcome or an
+        unconfirmed self-update commit riding along)."""
         if s.confirmed or s.welcome is None:
+            commit = self.pending_commit(s.group_id)
+            if commit is not None:
+                return sw.SessionCommit(commit, ciphertext).encode()
             return sw.SessionApp(ciphertext).encode()
         return sw.SessionInit(flags, s.group_id, s.welcome, ciphertext).encode()
+
+    # --- hooks of the self-update layer (meshd/e2e/session_updates.py) ---------------
+    def pending_commit(self, group_id: bytes) -> bytes | None:
+        """Our own self-update commit in ``group_id`` the peer has not confirmed yet."""
+        return None
+
+    def on_commit(self, src: NodeAddress, frame: sw.SessionCommit, *, hops: int,
+                  now: float) -> None:  # fmt: skip
+        self.actions.append(Notice("message_undecryptable", src, "self-updates unsupported",
+                                   warning=True))  # fmt: skip
+
+    def peer_in_epoch(self, src: NodeAddress, group_id: bytes, epoch: int) -> None:
+        """An application message of ``src`` opened in ``epoch`` (it is there)."""
+
+    def expected_failure(self, group_id: bytes, epoch: int | None) -> bool:
+        """Whether an undecryptable message is one of a losing fork branch (no warning)."""
+        return False
+
+    def group_dropped(self, group_id: bytes) -> None:
+        """``group_id`` is gone (reset, reject, cancel): forget its per-group state."""
+
+    # --- signed control payloads ------------------------------------------------------
+    def signed(self, dst: NodeAddress, frame: sw.SignedFrame) -> bytes:
+        """``frame`` as a payload to ``dst``, signed with this node's identity key."""
+        return sw.sign_control(frame, self.identity, dst)
+
+    def authentic(self, src: NodeAddress, payload: bytes) -> bool:
+        """Whether a signed control payload really comes from ``src`` (else a notice)."""
+        contact = self._pinned(src)
+        why = sw.control_forgery(payload, src, self.own,
+                                 None if contact is None else contact.signing_key)  # fmt: skip
+        if why is None:
+            return True
+        name = sw.Kind(payload[0]).name
+        self.actions.append(Notice("control_forged", src, f"{name} refused: {why}", warning=True))
+        return False
 
     def flush(self, peer: NodeAddress, *, now: float) -> None:
         """Seal the messages waiting for ``peer`` once a session can exist."""
@@ -408,15 +467,23 @@ class SessionManager:
         except WireError as exc:
             self.actions.append(Notice("message_undecryptable", src, str(exc), warning=True))
             return
+        if payload[0] in sw.SIGNED_KINDS and not self.authentic(src, payload):
+            return
         if isinstance(frame, sw.SessionApp):
             self.open_app(src, frame.message, hops=hops, now=now)
+        elif isinstance(frame, sw.SessionCommit):
+            self.on_commit(src, frame, hops=hops, now=now)
         elif isinstance(frame, sw.SessionInit):
             self.on_init(src, frame, hops=hops, now=now)
         elif isinstance(frame, sw.KpRequest):
             kp = self._fresh_kp(src, now=now)
-            response = sw.KpResponse(frame.request_id, kp).encode()
+            response = self.signed(src, sw.KpResponse(frame.request_id, kp))
             self.actions.append(SendPayload(src, response, None))
         elif isinstance(frame, sw.KpResponse):
+            if frame.request_id not in self._kp_request_ids.get(src, ()):
+                why = "KP_RESPONSE to no request of ours"
+                self.actions.append(Notice("key_package_refused", src, why, warning=True))
+                return
             self._kp_requested.pop(src, None)
             self.learn_kp(src, frame.key_package, now=now)
         elif isinstance(frame, sw.SessionReset):
@@ -515,16 +582,27 @@ class SessionManager:
             return
         try:
             result = self.engine.process(message)
+        except EpochAheadError as exc:
+            # Commits we never got (e.g. the peer crashed between its MLS write and its
+            # store commit): the group cannot catch up, rebuild it.
+            self.reset(src, gid, sw.ResetReason.UNKNOWN_GROUP, str(exc), now=now)
+            return
         except MeshdError as exc:
-            self.actions.append(Notice("message_undecryptable", src, str(exc), warning=True))
+            expected = self.expected_failure(gid, info.epoch)
+            self.actions.append(Notice("fork_message_dropped" if expected
+                                       else "message_undecryptable", src, str(exc),
+                                       warning=not expected))  # fmt: skip
             return
         if not isinstance(result, ApplicationMessage):
-            return  # a commit in a 1:1 group (none are sent today): state already applied
+            # Commits travel in SESSION_COMMIT (on_commit): one in a plain SESSION_APP
+            # skipped the fork rule. Applied already; the peer is in the new epoch.
+            return
         if result.sender.address != src:
             self.actions.append(Notice("message_undecryptable", src,
                                        "sealed by another member", warning=True))  # fmt: skip
             return
         self._confirm(src, gid)
+        self.peer_in_epoch(src, gid, result.epoch)
         try:
             sealed = sw.decode_sealed(result.plaintext)
         except WireError as exc:
@@ -548,7 +626,8 @@ class SessionManager:
         self._resets[group_id] = now
         kp = self._fresh_kp(src, now=now)
         self.actions.append(Notice("session_reset_sent", src, why, warning=True))
-        self.actions.append(SendPayload(src, sw.SessionReset(reason, group_id, kp).encode(), None))
+        reset = self.signed(src, sw.SessionReset(reason, group_id, kp))
+        self.actions.append(SendPayload(src, reset, None))
 
     def on_reset(self, src: NodeAddress, frame: sw.SessionReset, *, now: float) -> None:
         """The peer cannot use ``frame.group_id``: rebuild from its fresh key package and

@@ -187,6 +187,15 @@ class SessionTables:
     def set_setting(self, name: str, value: str) -> None:
         self._w("INSERT OR REPLACE INTO e2e_settings VALUES (?, ?)", (name, value))
 
+    def settings_prefixed(self, prefix: str) -> dict[str, str]:
+        """Every setting whose name starts with ``prefix`` (``prefix`` has no % or _)."""
+        rows = self._r("SELECT name, value FROM e2e_settings WHERE substr(name, 1, ?) = ?",
+                       (len(prefix), prefix))  # fmt: skip
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def delete_setting(self, name: str) -> None:
+        self._w("DELETE FROM e2e_settings WHERE name = ?", (name,))
+
     # --- connection requests -----------------------------------------------------------
     def requests(self, direction: str | None = None) -> list[RequestRow]:
         sql = "SELECT peer, direction, group_id, app_id, created_at, expires_at FROM e2e_requests"

@@ -42,6 +42,7 @@ class Peer:
         self.store.commit()
         self.engine = MlsRsEngine(self.root / "mls", self.identity)
         self.e2e = E2eSessions(self.engine, SessionTables(self.store), pinned=self.pins.get,
+                               identity=self.identity,
                                default_accept_from=self.e2e.accept_from)  # fmt: skip
 
 
@@ -52,7 +53,8 @@ def make_peer(tmp: Path, name: str, accept: AcceptFrom = AcceptFrom.ANYONE) -> P
     store = Store.open(root / "meshd.db")
     engine = MlsRsEngine(root / "mls", ident)
     pins: dict[NodeAddress, tofu.Contact] = {}
-    e2e = E2eSessions(engine, SessionTables(store), pinned=pins.get, default_accept_from=accept)
+    e2e = E2eSessions(engine, SessionTables(store), pinned=pins.get, identity=ident,
+                      default_accept_from=accept)  # fmt: skip
     return Peer(ident, root, store, engine, e2e, pins)
 
 
