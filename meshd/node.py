@@ -461,6 +461,8 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             self._message_received(event, wall)
             return
         if isinstance(event, DeliveryStateChanged):
+            if self._groups_delivery(event, wall):  # a group payload (meshd/node_groups.py)
+                return
             mapped = self._sessions_delivery(event)  # re-send carriers -> app message ids
             if mapped is None:
                 return

@@ -62,6 +62,10 @@ class MessageRecord:
     # Event-log cursor of the event that recorded it (QUEUED / MESSAGE_RECEIVED): history
     # pages with ``before_cursor`` in the same cursor space as ``subscribe``.
     cursor: int | None = None
+    # The MLS group it was sent to / received in (meshd/node_groups.py); None: 1:1. An
+    # outgoing group message's ``peer`` is this node and ``state`` the aggregate over the
+    # copies to every member (DELIVERED once all are).
+    group_id: bytes | None = None
 
 
 class AppEventKind(enum.Enum):

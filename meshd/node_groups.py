@@ -37,10 +37,12 @@ from meshd.e2e.groups_events import (
 )
 from meshd.envelope import validate_app_id
 from meshd.errors import InvalidArgument, MeshdError, Unavailable
-from meshd.node_api import AppEventKind, Caller
-from meshd.router.events import MessageReceived
+from meshd.node_api import AppEventKind, Caller, MessageRecord
+from meshd.router.core import CoreConfig
+from meshd.router.events import DeliveryState, DeliveryStateChanged, MessageReceived
+from meshd.router.types import OutboxEntry
 from meshd.store import Store
-from meshd.store.groups import GroupMessageRow, GroupTables
+from meshd.store.groups import GroupCarrier, GroupMessageRow, GroupTables
 
 if TYPE_CHECKING:
     from meshd.router.core import MeshCore
@@ -96,6 +98,10 @@ class GroupMessages:
     _gm_tables: GroupTables | None = None
     _gm_timer: asyncio.TimerHandle | None = None
     group_config: GroupConfig | None = None
+    # Payloads in the core's outbox: carrier id -> the group message it carries (DATA) or
+    # None (commits, Welcomes, control). Kept in group_outbox until their outcome.
+    _gm_carriers: dict[bytes, bytes | None] | None = None
+    _gm_prune = False  # a carrier finished: drop unreferenced payloads at the next tick
 
     @property
     def groups_manager(self) -> GroupManager:
@@ -111,6 +117,7 @@ class GroupMessages:
             self.log.error("group_state_unreadable", detail=line)
         self._gm = GroupManager(self.mls, self.identity, config=self.group_config, states=states)
         self._gm_tasks: set[asyncio.Task[None]] = set()
+        self._groups_restore(tables, now)
         assert self._loop is not None
         self._gm_timer = self._loop.call_later(GROUP_TICK_S, self._groups_tick)
 
@@ -129,6 +136,9 @@ class GroupMessages:
             return
         try:
             self._groups_apply(self._gm.tick(now=time.time()), time.time())
+            if self._gm_prune and self._gm_tables is not None:
+                self._gm_prune = False
+                self._gm_tables.prune_payloads()
         except MeshdError as exc:
             self.log.error("group_tick_failed", error=str(exc))
         self._gm_timer = self._loop.call_later(GROUP_TICK_S, self._groups_tick)
@@ -143,17 +153,71 @@ class GroupMessages:
             return
         self._groups_apply(out, wall)
 
+    # --- durable sends ----------------------------------------------------------------
+    def _groups_restore(self, tables: GroupTables, now: float) -> None:
+        """Hand the core every group payload whose outcome was not recorded (a crash or
+        stop with copies in flight); ``now`` is the core's clock."""
+        carriers, bad = tables.carriers()
+        for line in bad:  # left in the database for the operator
+            self.log.error("group_carrier_unreadable", detail=line)
+        self._gm_carriers = {c.carrier_id: c.message_id for c in carriers}
+        offset = now - time.time()  # unix -> the core's monotonic clock
+        entries = [OutboxEntry(c.carrier_id, c.dst, c.payload, c.created_at + offset,
+                               c.expires_at + offset, c.state, 0)
+                   for c in carriers]  # fmt: skip
+        if entries:
+            self.core.restore(entries, now=now)
+            self.log.info("group_outbox_restored", payloads=len(entries))
+
+    def _groups_delivery(self, event: DeliveryStateChanged, wall: float) -> bool:
+        """The core's state for a group payload (True: it was one; nothing else to do)."""
+        carriers = self._gm_carriers
+        if not carriers or event.message_id not in carriers:
+            return False
+        tables = self._gm_tables
+        if tables is None:
+            return True
+        if event.state is DeliveryState.HELD_BY_CUSTODIAN:
+            tables.carrier_state(event.message_id, event.state)
+        if not event.state.is_final:
+            return True
+        mid = carriers.pop(event.message_id)
+        tables.carrier_done(event.message_id)
+        self._gm_prune = True
+        if mid is None:
+            return True
+        tally = tables.tally(mid, delivered=event.state is DeliveryState.DELIVERED)
+        if tally is not None and tally.done:
+            if tally.failed:
+                reason = f"{tally.failed} of {tally.copies} copies not delivered"
+                self.store.set_outgoing_state(mid, DeliveryState.FAILED, reason, at=wall)
+            else:
+                self.store.set_outgoing_state(mid, DeliveryState.DELIVERED, None, at=wall)
+        return True
+
     # --- carrying out the manager's output -------------------------------------------
-    def _groups_apply(self, out: Output, wall: float) -> None:
+    def _groups_apply(self, out: Output, wall: float, *, message_id: bytes | None = None) -> int:
+        """Send, persist, record; returns how many payloads the core took."""
         gm = self.groups_manager
         now = self._now()
+        cfg: CoreConfig | None = getattr(self, "_core_config", None)
+        expires = wall + (cfg or CoreConfig()).message_lifetime
+        carriers: list[GroupCarrier] = []
         for dst, payload in out.sends:
             try:
-                self.core.send(dst, payload, now=now)
+                cid = self.core.send(dst, payload, now=now)
             except MeshdError as exc:
                 self.log.warning("group_send_failed", peer=dst.short, error=str(exc))
+                continue
+            carriers.append(GroupCarrier(cid, dst, payload, message_id, wall, expires,
+                                         DeliveryState.QUEUED))  # fmt: skip
         tables = self._gm_tables
         assert tables is not None
+        if carriers:
+            # Same transaction as the state below; the frames leave after its commit.
+            tables.add_carriers(carriers)
+            if self._gm_carriers is not None:
+                self._gm_carriers.update((c.carrier_id, message_id) for c in carriers)
         for gid in out.deleted:
             tables.delete(gid)
         for gid in out.changed - out.deleted:
@@ -164,6 +228,7 @@ class GroupMessages:
         for ev in out.events:
             self._group_event(ev, wall)
         self._schedule_pump()
+        return len(carriers)
 
     def _group_event(self, ev: GroupEvent, wall: float) -> None:
         store = self.store
@@ -176,6 +241,7 @@ class GroupMessages:
             record = store.add_incoming(message_id=ev.message_id, app_id=app_id, src=ev.sender,
                                         content=ev.content, received_at=wall, hops=0)  # fmt: skip
             if record is not None:
+                store.set_group_id(ev.sender, ev.message_id, ev.group_id)
                 assert self._gm_tables is not None
                 self._gm_tables.add_message(
                     GroupMessageRow(ev.sender, ev.message_id, ev.group_id, app_id, wall)
@@ -228,7 +294,8 @@ class GroupMessages:
 
     # --- GroupsApi ---------------------------------------------------------------------
     async def _group_done(self, out: Output) -> None:
-        self._groups_apply(out, time.time())
+        if self._groups_apply(out, time.time()):
+            self.store.durable_pending = True  # fsync'd before the caller is answered
         await self._durable()
 
     def _group_info(self, gid: bytes) -> GroupInfo:
@@ -288,13 +355,31 @@ class GroupMessages:
         return [GroupMemberInfo(a, roles[a]) for a in sorted(roles)]
 
     async def send_group_message(self, caller: Caller, group_id: bytes, content: bytes) -> bytes:
-        """Seal once, unicast to every member; returns the message id members will see."""
+        """Seal once, unicast to every member; returns the message id members will see
+        once the copies are on disk (they survive a crash: ``_groups_restore``)."""
+        record = await self.send_group_message_record(caller, group_id, content)
+        return record.message_id
+
+    async def send_group_message_record(
+        self, caller: Caller, group_id: bytes, content: bytes
+    ) -> MessageRecord:
+        """``send_group_message`` returning the sender's history record."""
         app_id = self._authorize(caller)
         if len(content) > MAX_GROUP_MESSAGE:
             raise InvalidArgument(f"at most {MAX_GROUP_MESSAGE} bytes", field="content")
-        mid, out = self.groups_manager.send(group_id, app_id, content, now=time.time())
-        await self._group_done(out)
-        return mid
+        wall = time.time()
+        mid, out = self.groups_manager.send(group_id, app_id, content, now=wall)
+        copies = self._groups_apply(out, wall, message_id=mid)
+        assert self._gm_tables is not None
+        self._gm_tables.add_sent(mid, self.identity.address, group_id, app_id, copies, now=wall)
+        record = self.store.add_group_outgoing(
+            message_id=mid, app_id=app_id, group_id=group_id, sender=self.identity.address,
+            content=bytes(content), created_at=wall,
+        )  # fmt: skip
+        if copies == 0:  # alone in the group: nobody to deliver to
+            self.store.set_outgoing_state(mid, DeliveryState.DELIVERED, None, at=wall)
+        await self._durable()
+        return record
 
     def group_history(
         self, caller: Caller, group_id: bytes, *, limit: int

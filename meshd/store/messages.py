@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd.address import NodeAddress
@@ -29,6 +29,7 @@ from meshd.store.events import EventLog
 # Message history: 90 days or the last million messages, whichever is smaller.
 HISTORY_RETENTION_COUNT = 1_000_000
 HISTORY_RETENTION_SECONDS = 90 * 24 * 3600.0
+_INSERT_GROUP_HISTORY = _INSERT_HISTORY.replace("hops)", "hops, group_id)").replace("?)", "?, ?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,46 @@ class Messages(EventLog):
         assert cursor == record.cursor
         return record
 
+    # --- group messages (meshd/node_groups.py) --------------------------------------
+    def add_group_outgoing(
+        self,
+        *,
+        message_id: bytes,
+        app_id: str,
+        group_id: bytes,
+        sender: NodeAddress,
+        content: bytes,
+        created_at: float,
+    ) -> MessageRecord:
+        """A group message this node sent: history row (peer: ``sender``, this node) + a
+        QUEUED event. No outbox row: the group layer keeps the copies per member."""
+        self.durable_pending = True
+        cursor = self._last_cursor + 1
+        record = MessageRecord(
+            message_id=message_id, app_id=app_id, direction=Direction.OUTGOING, peer=sender,
+            payload=content, created_at=created_at, state=DeliveryState.QUEUED, reason=None,
+            hops=None, cursor=cursor, group_id=group_id,
+        )  # fmt: skip
+        history_id = self._last_history_id + 1
+        self._write(
+            _INSERT_GROUP_HISTORY,
+            (history_id, *_history_params(record, cursor), group_id),
+        )
+        self._last_history_id = history_id
+        got = self.append_event(app_id, AppEventKind.DELIVERY_STATE, created_at,
+                                history_id=history_id, state=DeliveryState.QUEUED,
+                                peer=sender)  # fmt: skip
+        assert got == cursor
+        return record
+
+    def set_group_id(self, src: NodeAddress, message_id: bytes, group_id: bytes) -> None:
+        """Mark a received history row (just added by ``add_incoming``) as a group one."""
+        self._write(
+            "UPDATE history SET group_id = ? "
+            "WHERE direction = 'incoming' AND peer = ? AND message_id = ?",
+            (group_id, src.raw, message_id),
+        )
+
     # --- history -------------------------------------------------------------------
     def history(
         self,
@@ -243,7 +284,7 @@ class Messages(EventLog):
         before_cursor: int | None,
     ) -> list[MessageRecord]:
         """Newest first."""
-        sql = f"SELECT {_HISTORY_COLS} FROM history h WHERE h.app_id = ?"
+        sql = f"SELECT {_HISTORY_COLS}, h.group_id FROM history h WHERE h.app_id = ?"
         params: list[Any] = [app_id]
         if peer is not None:
             sql += " AND h.peer = ?"
@@ -253,16 +294,17 @@ class Messages(EventLog):
             params.append(before_cursor)
         sql += " ORDER BY h.cursor DESC LIMIT ?"
         params.append(limit)
-        return [_record(row) for row in self._read(sql, tuple(params))]
+        return [_grouped(row) for row in self._read(sql, tuple(params))]
 
     def get_message(self, app_id: str, message_id: bytes) -> MessageRecord | None:
         """Outgoing first (ids we chose are unique), else the newest incoming one."""
         rows = self._read(
-            f"SELECT {_HISTORY_COLS} FROM history h WHERE h.app_id = ? AND h.message_id = ? "
+            f"SELECT {_HISTORY_COLS}, h.group_id FROM history h "
+            "WHERE h.app_id = ? AND h.message_id = ? "
             "ORDER BY h.direction = 'outgoing' DESC, h.cursor DESC LIMIT 1",
             (app_id, message_id),
         )
-        return _record(rows[0]) if rows else None
+        return _grouped(rows[0]) if rows else None
 
     def prune_history(
         self,
@@ -306,6 +348,12 @@ class Messages(EventLog):
             if len(old) < len(rows) or len(rows) < batch:
                 break
         return removed
+
+
+def _grouped(row: tuple[Any, ...]) -> MessageRecord:
+    """``_record`` of the ``_HISTORY_COLS`` plus ``h.group_id`` (NULL for 1:1 messages)."""
+    record = _record(row)
+    return record if row[11] is None else replace(record, group_id=bytes(row[11]))
 
 
 def _blob(value: object, length: int, name: str) -> bytes:

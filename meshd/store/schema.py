@@ -177,6 +177,33 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX group_messages_group ON group_messages (group_id, received_at);
     """,
+    # 4 -> 5: durable group sends (meshd/store/groups.py): every payload handed to the
+    # core for a member (DATA, COMMIT, WELCOME, control, fragments) until its end-to-end
+    # outcome, the payload stored once per fan-out; the per-message copy counts behind the
+    # sender's aggregate delivery state; history rows name their group (NULL: 1:1).
+    """
+    CREATE TABLE group_payloads (
+        digest      BLOB PRIMARY KEY,
+        payload     BLOB NOT NULL
+    );
+    CREATE TABLE group_outbox (
+        carrier_id  BLOB PRIMARY KEY,
+        dst         BLOB NOT NULL,
+        digest      BLOB NOT NULL,
+        message_id  BLOB,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        state       TEXT NOT NULL
+    );
+    CREATE INDEX group_outbox_digest ON group_outbox (digest);
+    CREATE TABLE group_sent (
+        message_id  BLOB PRIMARY KEY,
+        copies      INTEGER NOT NULL,
+        delivered   INTEGER NOT NULL DEFAULT 0,
+        failed      INTEGER NOT NULL DEFAULT 0
+    );
+    ALTER TABLE history ADD COLUMN group_id BLOB;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs
