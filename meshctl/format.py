@@ -163,20 +163,29 @@ def history_table(messages: Sequence[mpb.Message]) -> str:
     if not messages:
         return "no messages"
     rows = []
+    grouped = any(m.group_id for m in messages)  # a GROUP column only when one is
     for m in messages:
         outgoing = m.direction == mpb.DIRECTION_OUTGOING
         state = state_name(m.state) if outgoing else hops_text(m)
         if m.reason:
             state += f" ({m.reason})"
-        rows.append([
+        # Sent to a group: the state is over every member's copy; the peer is this node.
+        peer = "(all members)" if outgoing and m.group_id else m.peer
+        row = [
             when(m.created_at),
             "to" if outgoing else "from",
-            m.peer,
+            peer,
             state,
             m.message_id[:16],
             payload_text(m.payload),
-        ])  # fmt: skip
-    return table(["TIME", "DIR", "PEER", "STATE", "ID", "TEXT"], rows)
+        ]  # fmt: skip
+        if grouped:
+            row.insert(3, m.group_id[:16] or "-")
+        rows.append(row)
+    head = ["TIME", "DIR", "PEER", "STATE", "ID", "TEXT"]
+    if grouped:
+        head.insert(3, "GROUP")
+    return table(head, rows)
 
 
 def event_line(ev: mpb.Event) -> str:

@@ -47,7 +47,7 @@ def add_parsers(
     send = action("send", "send TEXT to every member of a group")
     send.add_argument("group", metavar="GROUP")
     send.add_argument("text", metavar="TEXT")
-    hist = action("history", "this app's messages received in a group, newest first")
+    hist = action("history", "this app's messages in a group (received and sent), newest first")
     hist.add_argument("group", metavar="GROUP")
     hist.add_argument("--limit", type=int, default=50, metavar="N", help="1..1000 (default 50)")
 
@@ -118,7 +118,9 @@ def history_table(items: Sequence[gpb.GroupMessage]) -> str:
     if not items:
         return "no messages"
     return fmt.table(
-        ("RECEIVED", "SENDER", "MESSAGE"),
-        [(fmt.when(m.received_at), m.sender, m.content.decode(errors="replace"))
+        ("TIME", "SENDER", "STATE", "MESSAGE"),
+        [(fmt.when(m.received_at), m.sender,
+          fmt.state_name(m.state) if m.state else "received",
+          m.content.decode(errors="replace"))
          for m in items],
     )  # fmt: skip

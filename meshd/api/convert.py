@@ -189,6 +189,7 @@ def message(m: MessageRecord) -> mpb.Message:
         reason=m.reason or "",
         app_id=m.app_id,
         cursor=m.cursor or 0,
+        group_id=m.group_id.hex() if m.group_id is not None else "",
     )  # fmt: skip
     if m.hops is not None:
         msg.hops = m.hops

@@ -79,7 +79,8 @@ def group_pb(g: GroupInfo) -> gpb.Group:
 def message_pb(r: GroupMessageRow) -> gpb.GroupMessage:
     at = convert.timestamp(r.received_at)
     return gpb.GroupMessage(message_id=r.message_id.hex(), sender=r.sender.text,
-                            content=r.content, received_at=at)  # fmt: skip
+                            content=r.content, received_at=at,
+                            state=convert.delivery_state(r.state))  # fmt: skip
 
 
 def _addresses(texts: Any) -> list[NodeAddress]:

@@ -49,6 +49,27 @@ async def test_meshctl_groups_end_to_end(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         msg = json.loads(out)["messages"][0]
         assert msg["sender"] == pair.a.address
+        assert msg.get("state", "DELIVERY_STATE_UNSPECIFIED") == "DELIVERY_STATE_UNSPECIFIED"
+        # The sender's own message: in its group history (aggregate state) and its
+        # history (with the group), and the receiver's history names the group too.
+        for _ in range(200):
+            code, out, _ = await ctl("--socket", a, "--json", "groups", "history", gid)
+            mine = json.loads(out)["messages"]
+            if mine and mine[0].get("state") == "DELIVERY_STATE_DELIVERED":
+                break
+            await asyncio.sleep(0.05)
+        assert mine[0]["sender"] == pair.a.address and mine[0]["message_id"] == msg["message_id"]
+        assert mine[0]["state"] == "DELIVERY_STATE_DELIVERED"
+        code, out, _ = await ctl("--socket", a, "groups", "history", gid)
+        assert "delivered" in out and "hello group" in out
+        code, out, _ = await ctl("--socket", a, "--json", "history")
+        sent = json.loads(out)["messages"][0]
+        assert (sent["group_id"], sent["direction"]) == (gid, "DIRECTION_OUTGOING")
+        code, out, _ = await ctl("--socket", a, "history")
+        assert "GROUP" in out and gid[:16] in out and "(all members)" in out
+        code, out, _ = await ctl("--socket", b, "--json", "history")
+        got = json.loads(out)["messages"][0]
+        assert (got["group_id"], got["peer"]) == (gid, pair.a.address)
         code, out, err = await ctl("--socket", b, "groups", "remove", gid, pair.a.address)
         assert code != 0 and "admin" in err  # b is a member
         code, out, err = await ctl("--socket", a, "groups", "role", gid, pair.b.address, "admin")

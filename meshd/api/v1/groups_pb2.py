@@ -23,49 +23,50 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from . import messaging_pb2 as meshd_dot_v1_dot_messaging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15meshd/v1/groups.proto\x12\x08meshd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x05Group\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0f\n\x07members\x18\x04 \x01(\r\x12!\n\x04role\x18\x05 \x01(\x0e\x32\x13.meshd.v1.GroupRole\x12\x0e\n\x06\x61\x64mins\x18\x06 \x03(\t\"\"\n\x12\x43reateGroupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"W\n\rInviteRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.meshd.v1.GroupRole\"4\n\rRemoveRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\" \n\x0cGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\x0f\n\rLeaveResponse\"V\n\x0eSetRoleRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.meshd.v1.GroupRole\"\x13\n\x11ListGroupsRequest\"5\n\x12ListGroupsResponse\x12\x1f\n\x06groups\x18\x01 \x03(\x0b\x32\x0f.meshd.v1.Group\"A\n\x0bGroupMember\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.meshd.v1.GroupRole\"=\n\x13ListMembersResponse\x12&\n\x07members\x18\x01 \x03(\x0b\x32\x15.meshd.v1.GroupMember\"<\n\x17SendGroupMessageRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\".\n\x18SendGroupMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"6\n\x13GroupHistoryRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"t\n\x0cGroupMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x14GroupHistoryResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.meshd.v1.GroupMessage*T\n\tGroupRole\x12\x1a\n\x16GROUP_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11GROUP_ROLE_MEMBER\x10\x01\x12\x14\n\x10GROUP_ROLE_ADMIN\x10\x02\x32\xde\x04\n\rGroupsService\x12<\n\x0b\x43reateGroup\x12\x1c.meshd.v1.CreateGroupRequest\x1a\x0f.meshd.v1.Group\x12\x32\n\x06Invite\x12\x17.meshd.v1.InviteRequest\x1a\x0f.meshd.v1.Group\x12\x32\n\x06Remove\x12\x17.meshd.v1.RemoveRequest\x1a\x0f.meshd.v1.Group\x12\x38\n\x05Leave\x12\x16.meshd.v1.GroupRequest\x1a\x17.meshd.v1.LeaveResponse\x12\x34\n\x07SetRole\x12\x18.meshd.v1.SetRoleRequest\x1a\x0f.meshd.v1.Group\x12G\n\nListGroups\x12\x1b.meshd.v1.ListGroupsRequest\x1a\x1c.meshd.v1.ListGroupsResponse\x12\x44\n\x0bListMembers\x12\x16.meshd.v1.GroupRequest\x1a\x1d.meshd.v1.ListMembersResponse\x12Y\n\x10SendGroupMessage\x12!.meshd.v1.SendGroupMessageRequest\x1a\".meshd.v1.SendGroupMessageResponse\x12M\n\x0cGroupHistory\x12\x1d.meshd.v1.GroupHistoryRequest\x1a\x1e.meshd.v1.GroupHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15meshd/v1/groups.proto\x12\x08meshd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18meshd/v1/messaging.proto\"z\n\x05Group\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0f\n\x07members\x18\x04 \x01(\r\x12!\n\x04role\x18\x05 \x01(\x0e\x32\x13.meshd.v1.GroupRole\x12\x0e\n\x06\x61\x64mins\x18\x06 \x03(\t\"\"\n\x12\x43reateGroupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"W\n\rInviteRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.meshd.v1.GroupRole\"4\n\rRemoveRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\" \n\x0cGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\x0f\n\rLeaveResponse\"V\n\x0eSetRoleRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.meshd.v1.GroupRole\"\x13\n\x11ListGroupsRequest\"5\n\x12ListGroupsResponse\x12\x1f\n\x06groups\x18\x01 \x03(\x0b\x32\x0f.meshd.v1.Group\"A\n\x0bGroupMember\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.meshd.v1.GroupRole\"=\n\x13ListMembersResponse\x12&\n\x07members\x18\x01 \x03(\x0b\x32\x15.meshd.v1.GroupMember\"<\n\x17SendGroupMessageRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\".\n\x18SendGroupMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"6\n\x13GroupHistoryRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\x9c\x01\n\x0cGroupMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.meshd.v1.DeliveryState\"@\n\x14GroupHistoryResponse\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.meshd.v1.GroupMessage*T\n\tGroupRole\x12\x1a\n\x16GROUP_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11GROUP_ROLE_MEMBER\x10\x01\x12\x14\n\x10GROUP_ROLE_ADMIN\x10\x02\x32\xde\x04\n\rGroupsService\x12<\n\x0b\x43reateGroup\x12\x1c.meshd.v1.CreateGroupRequest\x1a\x0f.meshd.v1.Group\x12\x32\n\x06Invite\x12\x17.meshd.v1.InviteRequest\x1a\x0f.meshd.v1.Group\x12\x32\n\x06Remove\x12\x17.meshd.v1.RemoveRequest\x1a\x0f.meshd.v1.Group\x12\x38\n\x05Leave\x12\x16.meshd.v1.GroupRequest\x1a\x17.meshd.v1.LeaveResponse\x12\x34\n\x07SetRole\x12\x18.meshd.v1.SetRoleRequest\x1a\x0f.meshd.v1.Group\x12G\n\nListGroups\x12\x1b.meshd.v1.ListGroupsRequest\x1a\x1c.meshd.v1.ListGroupsResponse\x12\x44\n\x0bListMembers\x12\x16.meshd.v1.GroupRequest\x1a\x1d.meshd.v1.ListMembersResponse\x12Y\n\x10SendGroupMessage\x12!.meshd.v1.SendGroupMessageRequest\x1a\".meshd.v1.SendGroupMessageResponse\x12M\n\x0cGroupHistory\x12\x1d.meshd.v1.GroupHistoryRequest\x1a\x1e.meshd.v1.GroupHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshd.v1.groups_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GROUPROLE']._serialized_start=1066
-  _globals['_GROUPROLE']._serialized_end=1150
-  _globals['_GROUP']._serialized_start=68
-  _globals['_GROUP']._serialized_end=190
-  _globals['_CREATEGROUPREQUEST']._serialized_start=192
-  _globals['_CREATEGROUPREQUEST']._serialized_end=226
-  _globals['_INVITEREQUEST']._serialized_start=228
-  _globals['_INVITEREQUEST']._serialized_end=315
-  _globals['_REMOVEREQUEST']._serialized_start=317
-  _globals['_REMOVEREQUEST']._serialized_end=369
-  _globals['_GROUPREQUEST']._serialized_start=371
-  _globals['_GROUPREQUEST']._serialized_end=403
-  _globals['_LEAVERESPONSE']._serialized_start=405
-  _globals['_LEAVERESPONSE']._serialized_end=420
-  _globals['_SETROLEREQUEST']._serialized_start=422
-  _globals['_SETROLEREQUEST']._serialized_end=508
-  _globals['_LISTGROUPSREQUEST']._serialized_start=510
-  _globals['_LISTGROUPSREQUEST']._serialized_end=529
-  _globals['_LISTGROUPSRESPONSE']._serialized_start=531
-  _globals['_LISTGROUPSRESPONSE']._serialized_end=584
-  _globals['_GROUPMEMBER']._serialized_start=586
-  _globals['_GROUPMEMBER']._serialized_end=651
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=653
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=714
-  _globals['_SENDGROUPMESSAGEREQUEST']._serialized_start=716
-  _globals['_SENDGROUPMESSAGEREQUEST']._serialized_end=776
-  _globals['_SENDGROUPMESSAGERESPONSE']._serialized_start=778
-  _globals['_SENDGROUPMESSAGERESPONSE']._serialized_end=824
-  _globals['_GROUPHISTORYREQUEST']._serialized_start=826
-  _globals['_GROUPHISTORYREQUEST']._serialized_end=880
-  _globals['_GROUPMESSAGE']._serialized_start=882
-  _globals['_GROUPMESSAGE']._serialized_end=998
-  _globals['_GROUPHISTORYRESPONSE']._serialized_start=1000
-  _globals['_GROUPHISTORYRESPONSE']._serialized_end=1064
-  _globals['_GROUPSSERVICE']._serialized_start=1153
-  _globals['_GROUPSSERVICE']._serialized_end=1759
+  _globals['_GROUPROLE']._serialized_start=1133
+  _globals['_GROUPROLE']._serialized_end=1217
+  _globals['_GROUP']._serialized_start=94
+  _globals['_GROUP']._serialized_end=216
+  _globals['_CREATEGROUPREQUEST']._serialized_start=218
+  _globals['_CREATEGROUPREQUEST']._serialized_end=252
+  _globals['_INVITEREQUEST']._serialized_start=254
+  _globals['_INVITEREQUEST']._serialized_end=341
+  _globals['_REMOVEREQUEST']._serialized_start=343
+  _globals['_REMOVEREQUEST']._serialized_end=395
+  _globals['_GROUPREQUEST']._serialized_start=397
+  _globals['_GROUPREQUEST']._serialized_end=429
+  _globals['_LEAVERESPONSE']._serialized_start=431
+  _globals['_LEAVERESPONSE']._serialized_end=446
+  _globals['_SETROLEREQUEST']._serialized_start=448
+  _globals['_SETROLEREQUEST']._serialized_end=534
+  _globals['_LISTGROUPSREQUEST']._serialized_start=536
+  _globals['_LISTGROUPSREQUEST']._serialized_end=555
+  _globals['_LISTGROUPSRESPONSE']._serialized_start=557
+  _globals['_LISTGROUPSRESPONSE']._serialized_end=610
+  _globals['_GROUPMEMBER']._serialized_start=612
+  _globals['_GROUPMEMBER']._serialized_end=677
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=679
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=740
+  _globals['_SENDGROUPMESSAGEREQUEST']._serialized_start=742
+  _globals['_SENDGROUPMESSAGEREQUEST']._serialized_end=802
+  _globals['_SENDGROUPMESSAGERESPONSE']._serialized_start=804
+  _globals['_SENDGROUPMESSAGERESPONSE']._serialized_end=850
+  _globals['_GROUPHISTORYREQUEST']._serialized_start=852
+  _globals['_GROUPHISTORYREQUEST']._serialized_end=906
+  _globals['_GROUPMESSAGE']._serialized_start=909
+  _globals['_GROUPMESSAGE']._serialized_end=1065
+  _globals['_GROUPHISTORYRESPONSE']._serialized_start=1067
+  _globals['_GROUPHISTORYRESPONSE']._serialized_end=1131
+  _globals['_GROUPSSERVICE']._serialized_start=1220
+  _globals['_GROUPSSERVICE']._serialized_end=1826
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from . import messaging_pb2 as _messaging_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -356,11 +357,18 @@ class GroupMessage(_message.Message):
     SENDER_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     sender: _builtins.str
     content: _builtins.bytes
+    state: _messaging_pb2.DeliveryState.ValueType
+    """Sent by this node (sender = this node): the aggregate delivery state over the copies
+    to every member. UNSPECIFIED for received messages.
+    """
     @_builtins.property
-    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def received_at(self) -> _timestamp_pb2.Timestamp:
+        """sent ones: when sent"""
+
     def __init__(
         self,
         *,
@@ -368,10 +376,11 @@ class GroupMessage(_message.Message):
         sender: _builtins.str = ...,
         content: _builtins.bytes = ...,
         received_at: _timestamp_pb2.Timestamp | None = ...,
+        state: _messaging_pb2.DeliveryState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "message_id", b"message_id", "received_at", b"received_at", "sender", b"sender"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "message_id", b"message_id", "received_at", b"received_at", "sender", b"sender", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,21 +26,21 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshd/v1/messaging.proto\x12\x08meshd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x12SendMessageRequest\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12+\n\x08lifetime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbb\x01\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.meshd.v1.DeliveryState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\x04\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x06 \x01(\t\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x88\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\tdirection\x18\x02 \x01(\x0e\x32\x13.meshd.v1.Direction\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\x06 \x01(\x0e\x32\x17.meshd.v1.DeliveryState\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\x04hops\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x61pp_id\x18\t \x01(\t\x12\x0e\n\x06\x63ursor\x18\n \x01(\x04\x42\x07\n\x05_hops\"_\n\x12ListHistoryRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x1a\n\rbefore_cursor\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_before_cursor\":\n\x13ListHistoryResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.meshd.v1.Message\">\n\x10SubscribeRequest\x12\x19\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_after_cursor\"\xd0\x03\n\x05\x45vent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x10message_received\x18\n \x01(\x0b\x32\x19.meshd.v1.MessageReceivedH\x00\x12\x38\n\x0e\x64\x65livery_state\x18\x0b \x01(\x0b\x32\x1e.meshd.v1.DeliveryStateChangedH\x00\x12\x32\n\x0cneighbour_up\x18\x0c \x01(\x0b\x32\x1a.meshd.v1.NeighbourChangedH\x00\x12\x34\n\x0eneighbour_down\x18\r \x01(\x0b\x32\x1a.meshd.v1.NeighbourChangedH\x00\x12-\n\x0cpath_changed\x18\x0e \x01(\x0b\x32\x15.meshd.v1.PathChangedH\x00\x12+\n\x0bkey_changed\x18\x0f \x01(\x0b\x32\x14.meshd.v1.KeyChangedH\x00\x12)\n\x07session\x18\x10 \x01(\x0b\x32\x16.meshd.v1.SessionEventH\x00\x12%\n\x05group\x18\x11 \x01(\x0b\x32\x14.meshd.v1.GroupEventH\x00\x42\x06\n\x04kind\"d\n\nGroupEvent\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.meshd.v1.GroupEventKind\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"V\n\x0cSessionEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.meshd.v1.SessionEventKind\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"5\n\x0fMessageReceived\x12\"\n\x07message\x18\x01 \x01(\x0b\x32\x11.meshd.v1.Message\"o\n\x14\x44\x65liveryStateChanged\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.meshd.v1.DeliveryState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"0\n\x10NeighbourChanged\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"*\n\x0bPathChanged\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"*\n\nKeyChanged\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t*\xde\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_STATE_QUEUED\x10\x01\x12\x17\n\x13\x44\x45LIVERY_STATE_SENT\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATE_RELAYED\x10\x03\x12$\n DELIVERY_STATE_HELD_BY_CUSTODIAN\x10\x04\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x05\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x06*V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_OUTGOING\x10\x01\x12\x16\n\x12\x44IRECTION_INCOMING\x10\x02*\x91\x02\n\x0eGroupEventKind\x12 \n\x1cGROUP_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18GROUP_EVENT_KIND_CREATED\x10\x01\x12\x1b\n\x17GROUP_EVENT_KIND_JOINED\x10\x02\x12!\n\x1dGROUP_EVENT_KIND_MEMBER_ADDED\x10\x03\x12#\n\x1fGROUP_EVENT_KIND_MEMBER_REMOVED\x10\x04\x12!\n\x1dGROUP_EVENT_KIND_ROLE_CHANGED\x10\x05\x12\x19\n\x15GROUP_EVENT_KIND_LEFT\x10\x06\x12\x1c\n\x18GROUP_EVENT_KIND_REMOVED\x10\x07*\x95\x03\n\x10SessionEventKind\x12\"\n\x1eSESSION_EVENT_KIND_UNSPECIFIED\x10\x00\x12)\n%SESSION_EVENT_KIND_CONNECTION_REQUEST\x10\x01\x12*\n&SESSION_EVENT_KIND_CONNECTION_ACCEPTED\x10\x02\x12*\n&SESSION_EVENT_KIND_CONNECTION_REJECTED\x10\x03\x12+\n\'SESSION_EVENT_KIND_CONNECTION_CANCELLED\x10\x04\x12)\n%SESSION_EVENT_KIND_CONNECTION_EXPIRED\x10\x05\x12*\n&SESSION_EVENT_KIND_SESSION_ESTABLISHED\x10\x06\x12,\n(SESSION_EVENT_KIND_MESSAGE_UNDECRYPTABLE\x10\x07\x12(\n$SESSION_EVENT_KIND_PLAINTEXT_REFUSED\x10\x08\x32\xf5\x02\n\x10MessagingService\x12J\n\x0bSendMessage\x12\x1c.meshd.v1.SendMessageRequest\x1a\x1d.meshd.v1.SendMessageResponse\x12O\n\x0cSendMessages\x12\x1c.meshd.v1.SendMessageRequest\x1a\x1d.meshd.v1.SendMessageResponse(\x01\x30\x01\x12<\n\nGetMessage\x12\x1b.meshd.v1.GetMessageRequest\x1a\x11.meshd.v1.Message\x12J\n\x0bListHistory\x12\x1c.meshd.v1.ListHistoryRequest\x1a\x1d.meshd.v1.ListHistoryResponse\x12:\n\tSubscribe\x12\x1a.meshd.v1.SubscribeRequest\x1a\x0f.meshd.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshd/v1/messaging.proto\x12\x08meshd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x12SendMessageRequest\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12+\n\x08lifetime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbb\x01\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.meshd.v1.DeliveryState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\x04\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x06 \x01(\t\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x9a\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\tdirection\x18\x02 \x01(\x0e\x32\x13.meshd.v1.Direction\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\x06 \x01(\x0e\x32\x17.meshd.v1.DeliveryState\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\x04hops\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x61pp_id\x18\t \x01(\t\x12\x0e\n\x06\x63ursor\x18\n \x01(\x04\x12\x10\n\x08group_id\x18\x0b \x01(\tB\x07\n\x05_hops\"_\n\x12ListHistoryRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x1a\n\rbefore_cursor\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_before_cursor\":\n\x13ListHistoryResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.meshd.v1.Message\">\n\x10SubscribeRequest\x12\x19\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_after_cursor\"\xd0\x03\n\x05\x45vent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x10message_received\x18\n \x01(\x0b\x32\x19.meshd.v1.MessageReceivedH\x00\x12\x38\n\x0e\x64\x65livery_state\x18\x0b \x01(\x0b\x32\x1e.meshd.v1.DeliveryStateChangedH\x00\x12\x32\n\x0cneighbour_up\x18\x0c \x01(\x0b\x32\x1a.meshd.v1.NeighbourChangedH\x00\x12\x34\n\x0eneighbour_down\x18\r \x01(\x0b\x32\x1a.meshd.v1.NeighbourChangedH\x00\x12-\n\x0cpath_changed\x18\x0e \x01(\x0b\x32\x15.meshd.v1.PathChangedH\x00\x12+\n\x0bkey_changed\x18\x0f \x01(\x0b\x32\x14.meshd.v1.KeyChangedH\x00\x12)\n\x07session\x18\x10 \x01(\x0b\x32\x16.meshd.v1.SessionEventH\x00\x12%\n\x05group\x18\x11 \x01(\x0b\x32\x14.meshd.v1.GroupEventH\x00\x42\x06\n\x04kind\"d\n\nGroupEvent\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.meshd.v1.GroupEventKind\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"V\n\x0cSessionEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.meshd.v1.SessionEventKind\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"5\n\x0fMessageReceived\x12\"\n\x07message\x18\x01 \x01(\x0b\x32\x11.meshd.v1.Message\"o\n\x14\x44\x65liveryStateChanged\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.meshd.v1.DeliveryState\x12\x0e\n\x06reason\x18\x04 \x01(\t\"0\n\x10NeighbourChanged\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"*\n\x0bPathChanged\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"*\n\nKeyChanged\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t*\xde\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_STATE_QUEUED\x10\x01\x12\x17\n\x13\x44\x45LIVERY_STATE_SENT\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATE_RELAYED\x10\x03\x12$\n DELIVERY_STATE_HELD_BY_CUSTODIAN\x10\x04\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x05\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x06*V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_OUTGOING\x10\x01\x12\x16\n\x12\x44IRECTION_INCOMING\x10\x02*\x91\x02\n\x0eGroupEventKind\x12 \n\x1cGROUP_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18GROUP_EVENT_KIND_CREATED\x10\x01\x12\x1b\n\x17GROUP_EVENT_KIND_JOINED\x10\x02\x12!\n\x1dGROUP_EVENT_KIND_MEMBER_ADDED\x10\x03\x12#\n\x1fGROUP_EVENT_KIND_MEMBER_REMOVED\x10\x04\x12!\n\x1dGROUP_EVENT_KIND_ROLE_CHANGED\x10\x05\x12\x19\n\x15GROUP_EVENT_KIND_LEFT\x10\x06\x12\x1c\n\x18GROUP_EVENT_KIND_REMOVED\x10\x07*\x95\x03\n\x10SessionEventKind\x12\"\n\x1eSESSION_EVENT_KIND_UNSPECIFIED\x10\x00\x12)\n%SESSION_EVENT_KIND_CONNECTION_REQUEST\x10\x01\x12*\n&SESSION_EVENT_KIND_CONNECTION_ACCEPTED\x10\x02\x12*\n&SESSION_EVENT_KIND_CONNECTION_REJECTED\x10\x03\x12+\n\'SESSION_EVENT_KIND_CONNECTION_CANCELLED\x10\x04\x12)\n%SESSION_EVENT_KIND_CONNECTION_EXPIRED\x10\x05\x12*\n&SESSION_EVENT_KIND_SESSION_ESTABLISHED\x10\x06\x12,\n(SESSION_EVENT_KIND_MESSAGE_UNDECRYPTABLE\x10\x07\x12(\n$SESSION_EVENT_KIND_PLAINTEXT_REFUSED\x10\x08\x32\xf5\x02\n\x10MessagingService\x12J\n\x0bSendMessage\x12\x1c.meshd.v1.SendMessageRequest\x1a\x1d.meshd.v1.SendMessageResponse\x12O\n\x0cSendMessages\x12\x1c.meshd.v1.SendMessageRequest\x1a\x1d.meshd.v1.SendMessageResponse(\x01\x30\x01\x12<\n\nGetMessage\x12\x1b.meshd.v1.GetMessageRequest\x1a\x11.meshd.v1.Message\x12J\n\x0bListHistory\x12\x1c.meshd.v1.ListHistoryRequest\x1a\x1d.meshd.v1.ListHistoryResponse\x12:\n\tSubscribe\x12\x1a.meshd.v1.SubscribeRequest\x1a\x0f.meshd.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshd.v1.messaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERYSTATE']._serialized_start=1883
-  _globals['_DELIVERYSTATE']._serialized_end=2105
-  _globals['_DIRECTION']._serialized_start=2107
-  _globals['_DIRECTION']._serialized_end=2193
-  _globals['_GROUPEVENTKIND']._serialized_start=2196
-  _globals['_GROUPEVENTKIND']._serialized_end=2469
-  _globals['_SESSIONEVENTKIND']._serialized_start=2472
-  _globals['_SESSIONEVENTKIND']._serialized_end=2877
+  _globals['_DELIVERYSTATE']._serialized_start=1901
+  _globals['_DELIVERYSTATE']._serialized_end=2123
+  _globals['_DIRECTION']._serialized_start=2125
+  _globals['_DIRECTION']._serialized_end=2211
+  _globals['_GROUPEVENTKIND']._serialized_start=2214
+  _globals['_GROUPEVENTKIND']._serialized_end=2487
+  _globals['_SESSIONEVENTKIND']._serialized_start=2490
+  _globals['_SESSIONEVENTKIND']._serialized_end=2895
   _globals['_SENDMESSAGEREQUEST']._serialized_start=103
   _globals['_SENDMESSAGEREQUEST']._serialized_end=198
   _globals['_SENDMESSAGERESPONSE']._serialized_start=201
@@ -48,29 +48,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMESSAGEREQUEST']._serialized_start=390
   _globals['_GETMESSAGEREQUEST']._serialized_end=429
   _globals['_MESSAGE']._serialized_start=432
-  _globals['_MESSAGE']._serialized_end=696
-  _globals['_LISTHISTORYREQUEST']._serialized_start=698
-  _globals['_LISTHISTORYREQUEST']._serialized_end=793
-  _globals['_LISTHISTORYRESPONSE']._serialized_start=795
-  _globals['_LISTHISTORYRESPONSE']._serialized_end=853
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=855
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=917
-  _globals['_EVENT']._serialized_start=920
-  _globals['_EVENT']._serialized_end=1384
-  _globals['_GROUPEVENT']._serialized_start=1386
-  _globals['_GROUPEVENT']._serialized_end=1486
-  _globals['_SESSIONEVENT']._serialized_start=1488
-  _globals['_SESSIONEVENT']._serialized_end=1574
-  _globals['_MESSAGERECEIVED']._serialized_start=1576
-  _globals['_MESSAGERECEIVED']._serialized_end=1629
-  _globals['_DELIVERYSTATECHANGED']._serialized_start=1631
-  _globals['_DELIVERYSTATECHANGED']._serialized_end=1742
-  _globals['_NEIGHBOURCHANGED']._serialized_start=1744
-  _globals['_NEIGHBOURCHANGED']._serialized_end=1792
-  _globals['_PATHCHANGED']._serialized_start=1794
-  _globals['_PATHCHANGED']._serialized_end=1836
-  _globals['_KEYCHANGED']._serialized_start=1838
-  _globals['_KEYCHANGED']._serialized_end=1880
-  _globals['_MESSAGINGSERVICE']._serialized_start=2880
-  _globals['_MESSAGINGSERVICE']._serialized_end=3253
+  _globals['_MESSAGE']._serialized_end=714
+  _globals['_LISTHISTORYREQUEST']._serialized_start=716
+  _globals['_LISTHISTORYREQUEST']._serialized_end=811
+  _globals['_LISTHISTORYRESPONSE']._serialized_start=813
+  _globals['_LISTHISTORYRESPONSE']._serialized_end=871
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=873
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=935
+  _globals['_EVENT']._serialized_start=938
+  _globals['_EVENT']._serialized_end=1402
+  _globals['_GROUPEVENT']._serialized_start=1404
+  _globals['_GROUPEVENT']._serialized_end=1504
+  _globals['_SESSIONEVENT']._serialized_start=1506
+  _globals['_SESSIONEVENT']._serialized_end=1592
+  _globals['_MESSAGERECEIVED']._serialized_start=1594
+  _globals['_MESSAGERECEIVED']._serialized_end=1647
+  _globals['_DELIVERYSTATECHANGED']._serialized_start=1649
+  _globals['_DELIVERYSTATECHANGED']._serialized_end=1760
+  _globals['_NEIGHBOURCHANGED']._serialized_start=1762
+  _globals['_NEIGHBOURCHANGED']._serialized_end=1810
+  _globals['_PATHCHANGED']._serialized_start=1812
+  _globals['_PATHCHANGED']._serialized_end=1854
+  _globals['_KEYCHANGED']._serialized_start=1856
+  _globals['_KEYCHANGED']._serialized_end=1898
+  _globals['_MESSAGINGSERVICE']._serialized_start=2898
+  _globals['_MESSAGINGSERVICE']._serialized_end=3271
 # @@protoc_insertion_point(module_scope)

@@ -245,6 +245,7 @@ class Message(_message.Message):
     HOPS_FIELD_NUMBER: _builtins.int
     APP_ID_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     direction: Global___Direction.ValueType
     peer: _builtins.str
@@ -259,6 +260,11 @@ class Message(_message.Message):
     cursor: _builtins.int
     """Event-log cursor that recorded it (same space as Event.cursor); pass it as
     ListHistoryRequest.before_cursor to page back. 0 when unknown.
+    """
+    group_id: _builtins.str
+    """The MLS group (hex id, as GroupsService) it was sent to or received in; empty for
+    1:1. A group message this node sent has peer = this node and state = the aggregate
+    over the copies to every member: DELIVERED once all are, FAILED if one expired.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -275,10 +281,11 @@ class Message(_message.Message):
         hops: _builtins.int | None = ...,
         app_id: _builtins.str = ...,
         cursor: _builtins.int = ...,
+        group_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_hops", b"_hops", "created_at", b"created_at", "hops", b"hops"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hops", b"_hops", "app_id", b"app_id", "created_at", b"created_at", "cursor", b"cursor", "direction", b"direction", "hops", b"hops", "message_id", b"message_id", "payload", b"payload", "peer", b"peer", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hops", b"_hops", "app_id", b"app_id", "created_at", b"created_at", "cursor", b"cursor", "direction", b"direction", "group_id", b"group_id", "hops", b"hops", "message_id", b"message_id", "payload", b"payload", "peer", b"peer", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__hops: _TypeAlias = _typing.Literal["hops"]  # noqa: Y015
     _WhichOneofArgType__hops: _TypeAlias = _typing.Literal["_hops", b"_hops"]  # noqa: Y015
