@@ -173,6 +173,7 @@ async def run(cfg: Config, *, notifier: SdNotifier | None = None) -> int:
         logger=log,
     )
     node.group_config = GroupConfig(update_interval_s=cfg.group_update_interval_s)
+    node.session_update_interval = cfg.session_update_interval_s  # read by node.start()
     for transport in built:
         set_summary = getattr(transport, "set_summary_source", None)
         if set_summary is not None:

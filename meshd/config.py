@@ -13,6 +13,7 @@ Precedence, highest first: command-line flag, environment (``MESHD_SOCKET``,
     battery = 80                # fixed battery level 0..100 (tests, desktops)
     accept_from = "anyone"      # who may open a 1:1 session: anyone | contacts
     group_update_interval = 86400  # seconds between own MLS group self-updates (docs/groups.md)
+    session_update_interval = 86400  # the same for each 1:1 session (docs/wire-format.md)
 
     [ble]                       # Bluetooth LE transport (docs/ble.md)
     enabled = true              # default: on when an adapter exists (else logged once)
@@ -71,6 +72,7 @@ class Config:
     battery: int | None = None
     accept_from: str = "anyone"  # meshd/e2e/requests.py
     group_update_interval_s: float = GROUP_UPDATE_INTERVAL_DEFAULT_S  # meshd/e2e/groups.py
+    session_update_interval_s: float = 86400.0  # meshd/e2e/session_updates.py
     ble: bool | None = None  # None: on if an adapter exists (the transport says so once)
     ble_adapter: str = "hci0"
     ble_max_links: int = 4
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     ble.add_argument("--ble", dest="ble", action="store_true", default=None,
                      help="Bluetooth LE transport on (default: on if an adapter exists)")
     ble.add_argument("--no-ble", dest="ble", action="store_false", help="no Bluetooth LE")
+    p.add_argument("--session-update-interval", metavar="SECONDS",
+                   help="self-update of each 1:1 session at least this often (default 86400)")
     p.add_argument("--version", action="version", version=f"meshd {__version__}")
     return p
 
@@ -144,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 _KEYS = (
     "accept_from",
     "group_update_interval",
+    "session_update_interval",
     "state_dir",
     "socket",
     "listen",
@@ -285,6 +290,8 @@ def _apply(cfg: Config, values: Mapping[str, object]) -> Config:
             changes[key] = value
         elif key == "group_update_interval":
             changes["group_update_interval_s"] = _as_interval(value, key)
+        elif key == "session_update_interval":
+            changes["session_update_interval_s"] = _as_interval(value, key)
         elif key == "ble":
             changes.update(_ble_table(value))
         else:  # pragma: no cover - _KEYS and this chain are kept in step
@@ -322,6 +329,7 @@ def load_config(
         "battery": args.battery,
         "accept_from": args.accept_from,
         "group_update_interval": args.group_update_interval,
+        "session_update_interval": args.session_update_interval,
         "ble": args.ble,
     }
     return _apply(cfg, {k: v for k, v in cli.items() if v is not None})

@@ -43,6 +43,7 @@ from meshd.store.sessions import SessionTables
 DEFAULT_UPDATE_INTERVAL_S = 24 * 3600.0
 _JITTER = 0.1
 _PREFIX = "update:"
+_FORKS_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,9 @@ class SessionUpdates(SessionManager):
             else:
                 self._updates[gid] = state
         self._commit_sent: dict[bytes, float] = {}  # group -> last re-send of our commit
-        self._forks: dict[bytes, int] = {}  # group -> epoch of a losing branch we refused
+        # group -> epochs in which a losing branch's messages may still arrive (late
+        # retransmissions of the loser's copies): they fail to open, without a warning.
+        self._forks: dict[bytes, set[int]] = {}
 
     # --- schedule -----------------------------------------------------------------------
     def update_due(self, peer: NodeAddress) -> float | None:
@@ -149,10 +152,9 @@ class SessionUpdates(SessionManager):
         state = self._updates.get(group_id)
         if state is not None and state.commit is not None and epoch > state.from_epoch:
             self._put(group_id, replace(state, commit=None))  # the peer applied it
-            self._forks.pop(group_id, None)
 
     def expected_failure(self, group_id: bytes, epoch: int | None) -> bool:
-        return epoch is not None and self._forks.get(group_id) == epoch
+        return epoch is not None and epoch in self._forks.get(group_id, ())
 
     def group_dropped(self, group_id: bytes) -> None:
         if self._updates.pop(group_id, None) is not None:
@@ -196,16 +198,25 @@ class SessionUpdates(SessionManager):
             why = f"commit from epoch {epoch}, the group is at {current}"
             self.reset(src, gid, sw.ResetReason.UNKNOWN_GROUP, why, now=now)
         elif state is None or own is None or commit == own:
-            return  # a copy of a commit applied already
+            # A copy of a commit applied already, or a losing one whose fork was settled
+            # (it reached us late): messages of that branch are expected to fail.
+            self._lost_branch(gid, epoch + 1)
         elif epoch == state.from_epoch == current - 1:
             # Both ends committed in the same epoch: the lower SHA-256 wins (docs/groups.md).
             if hashlib.sha256(commit).digest() < hashlib.sha256(own).digest():
                 self._switch(src, gid, commit, state, now=now)
             else:
-                self._forks[gid] = current  # the loser's branch messages are expected to fail
+                self._lost_branch(gid, current)
                 self._resend_commit(src, gid, own, now=now)
         else:
+            self._lost_branch(gid, epoch + 1)
             self._resend_commit(src, gid, own, now=now)  # it may have missed ours
+
+    def _lost_branch(self, gid: bytes, epoch: int) -> None:
+        epochs = self._forks.setdefault(gid, set())
+        epochs.add(epoch)
+        if len(epochs) > _FORKS_KEPT:
+            epochs.discard(min(epochs))
 
     def _apply(self, src: NodeAddress, gid: bytes, commit: bytes, *, now: float) -> bool:
         try:
