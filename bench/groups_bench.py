@@ -6,7 +6,10 @@
   rounds (commit + signed envelope + Welcome, fragmented); a member processes the commit
   (authorization, proposal check, MLS); the invitee joins (reassembly + MLS join).
 * fan-out: one send to 255 others (one seal, 255 unicast payloads), one receive.
-* state: size and encode time of the group state the daemon stores after each change.
+* state: size and encode time of the group state the daemon stores after each change:
+  format 1 (JSON, everything, what it stored before) and format 2 (binary, views as
+  differences, without the commit log, whose entries are stored once each: the bytes
+  written per change are the format-2 state plus the new entry).
 Medians over a few rounds; timings are wall clock on a shared machine (see load_avg_1m).
 """
 
@@ -23,6 +26,7 @@ from meshd.crypto.identity import Identity
 from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e.group_wire import Role
 from meshd.e2e.groups import GroupManager
+from meshd.e2e.groups_codec import encode_entry, encode_state
 
 GROUP_SIZE = 256
 ROUNDS = 5
@@ -74,9 +78,15 @@ def main() -> None:
             join_ms.append((time.perf_counter() - t0) * 1e3)
             joiner_engine.close()
         size = len(admin.state(gid).members())
+        st = admin.state(gid)
         t0 = time.perf_counter()
-        blob = admin.state(gid).to_bytes()  # what the daemon stores after every change
+        blob = st.to_bytes()  # format 1: what the daemon stored after every change before
         save_ms = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        blob2 = encode_state(st, log=False)  # format 2: what it stores now
+        save2_ms = (time.perf_counter() - t0) * 1e3
+        full2 = len(encode_state(st, log=True))
+        last_entry = len(encode_entry(st.log[max(st.log)]))
         payload = os.urandom(1024)
         send_ms, recv_ms, fanout = [], [], 0
         for _ in range(SENDS):
@@ -102,6 +112,10 @@ def main() -> None:
                 "join_ms_median": round(statistics.median(join_ms[1:]), 2),
                 "state_json_bytes": len(blob),
                 "state_json_ms": round(save_ms, 2),
+                "state_v2_bytes": len(blob2),
+                "state_v2_ms": round(save2_ms, 2),
+                "state_v2_with_log_bytes": full2,
+                "state_write_bytes_per_change": len(blob2) + last_entry,
                 "send_1k_fanout": fanout,
                 "send_1k_ms_median": round(statistics.median(send_ms), 3),
                 "receive_1k_ms_median": round(statistics.median(recv_ms), 3),

@@ -68,6 +68,9 @@ RESET_INTERVAL_S = 10.0
 SEALED_KEEP_S = 3600.0
 #: Messages waiting for a key package, all peers together (the core's outbox bound).
 MAX_PENDING = 10_000
+#: Key packages whose private keys may sit in mls-rs memory at once (~1.3 KB each, never
+#: freed by the binding); past it the engine drops them all (see drop_key_packages).
+MAX_KEY_PACKAGES_IN_MEMORY = 2048
 _CACHE_MAX = 4096
 #: KP_REQUEST ids remembered per peer: a KP_RESPONSE must answer one of them.
 _REQUEST_IDS_KEPT = 4
@@ -160,6 +163,7 @@ class SessionManager:
         self._kp_for_peer: dict[NodeAddress, list[tuple[KeyPackage, float]]] = {}
         self._resets: dict[bytes, float] = {}
         self.published: KeyPackage | None = None
+        self.max_key_packages = MAX_KEY_PACKAGES_IN_MEMORY
 
     # --- own key package ----------------------------------------------------------------
     def publish(self, *, now: float) -> bytes | None:
@@ -170,6 +174,7 @@ class SessionManager:
         fresh = kp is not None and now < kp.created_at + KP_ROTATE_S and now < kp.expires_at
         if kp is not None and fresh and not (callable(used) and used(kp.ref)):
             return None
+        self._bound_key_packages()
         self.published = self.engine.generate_key_package(now=now)
         return sw.encode_extensions({sw.EXT_KEY_PACKAGE: self.published.data})
 
@@ -182,9 +187,24 @@ class SessionManager:
             return made[-1][0].data
         if len(self._kp_for_peer) >= _CACHE_MAX:
             self._kp_for_peer.clear()
+        if self._bound_key_packages():
+            made = []
         kp = self.engine.generate_key_package(now=now)
         self._kp_for_peer[peer] = [*made, (kp, now)]
         return kp.data
+
+    def _bound_key_packages(self) -> bool:
+        """Before making a key package: at the bound, drop every one held in memory (the
+        published one and those handed out die; a Welcome for one is answered with a
+        SESSION_RESET carrying a fresh one, as after a restart). True if it did."""
+        if self.engine.key_packages_in_memory < self.max_key_packages:
+            return False
+        self.engine.drop_key_packages()
+        self._kp_for_peer.clear()
+        self.published = None
+        self.actions.append(Notice("key_packages_dropped", self.own,
+                                   f"{self.max_key_packages} key packages in memory"))  # fmt: skip
+        return True
 
     # --- peers' key packages ------------------------------------------------------------
     def validate_kp(self, peer: NodeAddress, data: bytes, *, now: float) -> bytes:

@@ -220,6 +220,16 @@ class MlsEngine(ABC):
         branch's commits in order. Raises ``NotFound`` if the epoch is no longer retained.
         """
 
+    @property
+    def key_packages_in_memory(self) -> int:
+        """Key packages whose private keys this engine holds in memory (0: not tracked)."""
+        return 0
+
+    def drop_key_packages(self) -> None:
+        """Free every key package private key held in memory; all of them become unusable
+        (a Welcome for one is refused as after a restart). Groups are not affected."""
+        return None
+
     def flush(self) -> bool:
         """Persist state changes deferred by write-behind; True if anything was written.
 
