@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -256,6 +257,40 @@ async def test_key_package_for_fetches_through_the_mesh(tmp_path: Path) -> None:
         for kp in (first, second):
             assert a.mls.inspect_key_package(kp, now=__import__("time").time()).address \
                 == b.address
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_self_updates_from_both_ends_at_once_through_real_nodes(tmp_path: Path) -> None:
+    """Both ends commit a self-update in the same epoch (what their daily timers may do):
+    the fork resolves through the real core and both keep talking in one epoch."""
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    try:
+        await a.send_message(CHAT, b.address, b"hello", lifetime_s=None)
+        await until(lambda: b"hello" in inbox(b, a))
+        await until(lambda: a.session_info(b.address).established)
+        gid = a.session_info(b.address).group_id
+        epoch = a.mls.epoch(gid)
+        wall = time.time()
+        for n, peer in ((a, b), (b, a)):
+            n.e2e.update(peer.address, now=wall)
+            n._e2e_drain(wall)
+            n._schedule_pump()
+        await a.send_message(CHAT, b.address, b"from a", lifetime_s=None)
+        await b.send_message(CHAT, a.address, b"from b", lifetime_s=None)
+        await until(lambda: b"from a" in inbox(b, a) and b"from b" in inbox(a, b))
+        # (The loser updates again at its next tick: one epoch, at least one more.)
+        await until(lambda: a.e2e.pending_commit(gid) is None is b.e2e.pending_commit(gid)
+                    and a.mls.epoch(gid) == b.mls.epoch(gid))  # fmt: skip
+        assert a.mls.epoch(gid) > epoch
+        await a.send_message(CHAT, b.address, b"after", lifetime_s=None)
+        await until(lambda: b"after" in inbox(b, a))
+        assert inbox(b, a).count(b"from a") == 1 and inbox(a, b).count(b"from b") == 1
     finally:
         await a.stop()
         await b.stop()
