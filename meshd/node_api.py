@@ -85,6 +85,8 @@ class AppEventKind(enum.Enum):
     SESSION_ESTABLISHED = "session_established"
     MESSAGE_UNDECRYPTABLE = "message_undecryptable"
     PLAINTEXT_REFUSED = "plaintext_refused"
+    # The peer holds our message (detail: its id) as a connection request, unopened.
+    AWAITING_ACCEPTANCE = "awaiting_acceptance"
     # MLS groups (meshd/node_groups.py); ``detail`` starts with "group=<hex id>".
     GROUP_CREATED = "group_created"
     GROUP_JOINED = "group_joined"

@@ -122,6 +122,10 @@ class _SessionEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sess
     """A session message from the peer was refused (tampered, replayed, malformed)."""
     SESSION_EVENT_KIND_PLAINTEXT_REFUSED: _SessionEventKind.ValueType  # 8
     """An unencrypted (meshd 0.1) message from the peer was dropped."""
+    SESSION_EVENT_KIND_AWAITING_ACCEPTANCE: _SessionEventKind.ValueType  # 9
+    """The peer's node holds our message (detail: its message id) unopened as an incoming
+    connection request (it accepts only contacts): DELIVERED once it accepts.
+    """
 
 class SessionEventKind(_SessionEventKind, metaclass=_SessionEventKindEnumTypeWrapper): ...
 
@@ -137,6 +141,10 @@ SESSION_EVENT_KIND_MESSAGE_UNDECRYPTABLE: SessionEventKind.ValueType  # 7
 """A session message from the peer was refused (tampered, replayed, malformed)."""
 SESSION_EVENT_KIND_PLAINTEXT_REFUSED: SessionEventKind.ValueType  # 8
 """An unencrypted (meshd 0.1) message from the peer was dropped."""
+SESSION_EVENT_KIND_AWAITING_ACCEPTANCE: SessionEventKind.ValueType  # 9
+"""The peer's node holds our message (detail: its message id) unopened as an incoming
+connection request (it accepts only contacts): DELIVERED once it accepts.
+"""
 Global___SessionEventKind: _TypeAlias = SessionEventKind  # noqa: Y015
 
 @_typing.final
