@@ -298,12 +298,19 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:800]
 
 
-async def loopback(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Figures as far as they got: a failing phase adds ``error`` and keeps the others."""
+async def loopback(
+    tmp: Path, args: argparse.Namespace, *, coalesce: bool = True, full: bool = True
+) -> dict[str, Any]:
+    """Figures as far as they got: a failing phase adds ``error`` and keeps the others.
+    ``coalesce=False``: the daemons seal one MLS message per app message (the baseline,
+    MESHD_COALESCE=0); ``full=False``: latency and throughput only."""
     out: dict[str, Any] = {}
     p1, p2 = _free_port(), _free_port()
-    a = MeshdProcess("a", tmp / "a", tmp)
-    b = MeshdProcess("b", tmp / "b", tmp)
+    tag = "" if coalesce else "-nc"
+    a = MeshdProcess("a" + tag, tmp / ("a" + tag), tmp)
+    b = MeshdProcess("b" + tag, tmp / ("b" + tag), tmp)
+    if not coalesce:
+        a.env["MESHD_COALESCE"] = b.env["MESHD_COALESCE"] = "0"
     try:
         a.start("--listen", f"127.0.0.1:{p1}", "--no-discovery", wait_ready=False)
         b.start(
@@ -340,9 +347,10 @@ async def loopback(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                 for name, d, c in (("a", a, cpu0[0]), ("b", b, cpu0[1]))
             }
             out["rss_mb"]["after_load"] = round(max(a.rss_kib(), b.rss_kib()) / 1024, 1)
-        a.stop()
-        a.start("--listen", f"127.0.0.1:{p1}", "--no-discovery")
-        out["ready_s"]["restart"] = round(a.wait_ready(), 3)
+        if full:
+            a.stop()
+            a.start("--listen", f"127.0.0.1:{p1}", "--no-discovery")
+            out["ready_s"]["restart"] = round(a.wait_ready(), 3)
     except Exception as exc:
         out["error"] = _error(exc)
         out["logs"] = {"a": a.log_tail(15), "b": b.log_tail(15)}
@@ -450,6 +458,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:
             result["ceiling"] = {"error": _error(exc)}
         result["loopback"] = await loopback(tmp, args)
+        if args.baseline:
+            # Same run, same load: the daemons without coalescing (meshd/e2e/coalesce.py).
+            result["loadavg_1m_before_baseline"] = round(os.getloadavg()[0], 2)
+            result["loopback_no_coalesce"] = await loopback(tmp, args, coalesce=False,
+                                                            full=False)  # fmt: skip
         result["three_hops"] = (
             await three_hops(tmp, args.hop_samples) if args.netns else {"skipped": "--no-netns"}
         )
@@ -468,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per ceiling measurement")
     parser.add_argument("--idle", type=float, default=2.0, help="idle seconds before RSS")
     parser.add_argument("--no-netns", dest="netns", action="store_false", help="skip 3 hops")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run the loopback figures with coalescing off (MESHD_COALESCE=0)")
     parser.add_argument("--echo-server", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:

@@ -386,6 +386,10 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         self._pump_handle = None
         core = self.core
         wall = time.time()
+        if self._gate is not None and not (self._gate.syncing and not self._closed):
+            # This pass commits: seal the 1:1 sends queued since the last one, one MLS
+            # message per peer (meshd/e2e/coalesce.py); their events are drained below.
+            self._sessions_coalesced()
         while (event := core.next_event()) is not None:
             try:
                 self._handle_event(event, wall)

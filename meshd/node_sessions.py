@@ -23,6 +23,7 @@ from meshd.crypto.identity import Identity
 from meshd.crypto.mls.engine import MlsEngine
 from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e import session_wire as sw
+from meshd.e2e.coalesce import Coalescer, Queued, seal_batch
 from meshd.e2e.requests import AcceptFrom, E2eSessions, RequestInfo
 from meshd.e2e.session_updates import DEFAULT_UPDATE_INTERVAL_S
 from meshd.e2e.sessions import Deliver, Expired, Notice, SendPayload, SessionInfo
@@ -45,11 +46,12 @@ from meshd.router.events import (
 )
 from meshd.router.types import OutboxEntry
 from meshd.store import Store
-from meshd.store.sessions import PendingRow, SessionTables
+from meshd.store.sessions import PendingRow, SessionRow, SessionTables
 
 if TYPE_CHECKING:
     from meshd.identity_service import IdentityService
     from meshd.router.core import MeshCore
+    from meshd.sendwindow import SendWindow
 
 MLS_DIR = "mls"
 _TICK_S = 5.0
@@ -110,6 +112,14 @@ class SessionMessages:
     _e2e_tables: SessionTables | None = None
     _e2e_timer: asyncio.TimerHandle | None = None
     _e2e_resends: dict[bytes, bytes] | None = None  # re-send carrier id -> app message id
+    #: Coalescing (meshd/e2e/coalesce.py): app messages queued for the next pump pass, and
+    #: each open coalesced carrier's members after the first (the carrier id's message).
+    _e2e_queue: Coalescer | None = None
+    _e2e_batches: dict[bytes, list[bytes]] | None = None
+    #: Coalesce queued 1:1 sends per peer (False: one MLS message each, the baseline the
+    #: benchmark compares with; MESHD_COALESCE=0 in the environment sets it at start).
+    coalesce: bool = True
+    _window: SendWindow
     accept_from_default: AcceptFrom = AcceptFrom.ANYONE
     #: Seconds between self-updates of each 1:1 session (0: never); set before start().
     session_update_interval: float = DEFAULT_UPDATE_INTERVAL_S
@@ -147,6 +157,11 @@ class SessionMessages:
         )
         if self._e2e_resends is None:
             self._e2e_resends = {}
+        if self._e2e_batches is None:
+            self._e2e_batches = {}
+        if os.environ.get("MESHD_COALESCE") == "0":
+            self.coalesce = False
+        self._e2e_queue = Coalescer()
         self._e2e_publish()
         assert self._loop is not None
         self._e2e_timer = self._loop.call_later(_TICK_S, self._e2e_tick)
@@ -212,7 +227,22 @@ class SessionMessages:
                                 detail="unencrypted message dropped")  # fmt: skip
 
     def _sessions_delivery(self, event: DeliveryStateChanged) -> DeliveryStateChanged | None:
-        """Map a re-send carrier's state to its app message (None: nothing to record)."""
+        """Map a re-send carrier's state to its app message (None: nothing to record);
+        a coalesced carrier's state also goes to its other members here."""
+        batches = self._e2e_batches
+        members = batches.get(event.message_id) if batches else None
+        if members is not None:
+            assert batches is not None
+            wall = time.time()
+            for message_id in members:
+                if event.state is DeliveryState.SENT:
+                    self._window.sent(event.dst, message_id)
+                else:
+                    self._window.left(event.dst, message_id)
+                self.store.set_outgoing_state(message_id, event.state, event.reason, at=wall)
+            if event.state.is_final:
+                del batches[event.message_id]
+            return event  # the carrier's id is its first member's
         resends = self._e2e_resends
         app_id = resends.get(event.message_id) if resends else None
         if app_id is None:
@@ -232,8 +262,15 @@ class SessionMessages:
         tables = self._tables()
         resends = self._e2e_resends = {}
         waiting = {p.message_id for p in tables.pending()}
+        # Coalesced carriers still in the outbox bring their members along: those are
+        # not restored (nor re-sealed) on their own.
+        restored = {e.message_id for e in entries}
+        self._e2e_batches = {c: m for c, m in tables.batches().items() if c in restored}
+        riding = {m for members in self._e2e_batches.values() for m in members}
         out: list[OutboxEntry] = []
         for entry in entries:
+            if entry.message_id in riding:
+                continue
             row = tables.sealed(entry.message_id)
             if row is not None:
                 out.append(replace(entry, payload=row.payload))
@@ -252,11 +289,84 @@ class SessionMessages:
     def _sessions_seal(
         self, dst: NodeAddress, envelope: Envelope, message_id: bytes, *, expires_at: float
     ) -> bytes | None:
-        """Seal an app message for ``dst`` (None: it waits for a key package, stored)."""
+        """Seal an app message for ``dst`` (None: it waits, for the next pump pass when it
+        is coalesced, else for a key package, stored)."""
+        queue = self._e2e_queue
+        if self.coalesce and queue is not None and self.e2e.session(dst) is not None:
+            # Sealed with whatever else is queued for dst by _sessions_coalesced, in the
+            # pump pass whose commit this send waits for (so nothing is acknowledged to
+            # the app before its carrier is stored).
+            queue.add(dst, Queued(message_id, envelope, expires_at))
+            return None
         payload = self.e2e.seal_or_queue(dst, envelope, message_id, now=time.time(),
                                          expires_at=expires_at)  # fmt: skip
         self._e2e_drain(time.time())
         return payload
+
+    def _sessions_coalesced(self) -> None:
+        """Seal and hand to the core what ``_sessions_seal`` queued: one carrier per peer
+        and batch (meshd/e2e/coalesce.py). Called by the pump before the events it drains
+        and the commit it makes, so the carriers commit with their history rows."""
+        queue = self._e2e_queue
+        if not queue:
+            return
+        e2e = self.e2e
+        wall = time.time()
+        for dst, items in queue.take():
+            s = e2e.session(dst)
+            if s is None:  # reset meanwhile: alone, as an unqueued send would be
+                for q in items:
+                    try:
+                        self._e2e_send_one(dst, q, wall)
+                    except StoreError as exc:
+                        self.log.error("store_write_failed", event="coalesced_send",
+                                       error=str(exc))  # fmt: skip
+                continue
+            try:
+                self._e2e_send_batch(s, items, wall)
+            except StoreError as exc:  # the pump's commit fails too; logged, not fatal
+                self.log.error("store_write_failed", event="coalesced_send", error=str(exc))
+        self._e2e_drain(wall)
+
+    def _e2e_send_batch(self, s: SessionRow, items: list[Queued], wall: float) -> None:
+        carrier = items[0].message_id
+        try:
+            payload, expires_at = seal_batch(self.e2e, s, items, now=wall)
+            self.core.send(s.peer, payload, now=self._now(), message_id=carrier,
+                           lifetime=max(expires_at - wall, 0.001))  # fmt: skip
+        except StoreError:
+            raise
+        except MeshdError as exc:
+            tables = self._tables()
+            tables.delete_sealed(carrier)
+            if len(items) > 1 and isinstance(exc, InvalidArgument):
+                # Sealed larger than the core takes: halve (a spent MLS generation is
+                # only a gap the receiver skips).
+                tables.delete_batch(carrier)
+                half = len(items) // 2
+                self._e2e_send_batch(s, items[:half], wall)
+                self._e2e_send_batch(s, items[half:], wall)
+                return
+            self.log.warning("e2e_send_failed", peer=s.peer.short, error=str(exc))
+            for q in items:
+                self.store.set_outgoing_state(q.message_id, DeliveryState.FAILED,
+                                              str(exc), at=wall)  # fmt: skip
+            return
+        if len(items) > 1 and self._e2e_batches is not None:
+            self._e2e_batches[carrier] = [q.message_id for q in items[1:]]
+
+    def _e2e_send_one(self, dst: NodeAddress, q: Queued, wall: float) -> None:
+        try:
+            payload = self.e2e.seal_or_queue(dst, q.envelope, q.message_id, now=wall,
+                                             expires_at=q.expires_at)  # fmt: skip
+            if payload is not None:
+                self.core.send(dst, payload, now=self._now(), message_id=q.message_id,
+                               lifetime=max(q.expires_at - wall, 0.001))  # fmt: skip
+        except StoreError:
+            raise
+        except MeshdError as exc:
+            self._tables().delete_sealed(q.message_id)
+            self.store.set_outgoing_state(q.message_id, DeliveryState.FAILED, str(exc), at=wall)
 
     def _sessions_unseal(self, message_id: bytes) -> None:
         """The core refused a sealed payload: forget its carrier row."""

@@ -358,6 +358,11 @@ SEALED_VERSION = 1
 class SealedType(enum.IntEnum):
     APP = 1  # an app message: message_id (8) | app envelope
     CONTROL = 2  # no app content (CONN_ACCEPT's proof of membership)
+    BATCH = 3  # 2..255 app messages coalesced into one MLS message (encode_batch)
+
+
+#: Records in one BATCH (count is a u8); the sender bounds it further (meshd/e2e/coalesce.py).
+MAX_BATCH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,11 +393,47 @@ def decode_sealed(data: bytes) -> Sealed:
         kind = SealedType(raw_type)
     except ValueError:
         raise FrameDecodeError(f"unknown sealed record type {raw_type}", field="type") from None
+    if kind is SealedType.BATCH:
+        raise FrameDecodeError("a BATCH holds several records: decode_sealed_records",
+                               field="type")  # fmt: skip
     message_id = r.take(MESSAGE_ID_LEN, "message_id")
     if kind is SealedType.CONTROL:
         r.end()
         return Sealed(kind, message_id, None)
     return Sealed(kind, message_id, decode_envelope(r.rest("envelope", minimum=2)))
+
+
+def encode_batch(records: list[tuple[bytes, Envelope]]) -> bytes:
+    """version u8 = 1 | type u8 = 3 | count u8 (2..255) | count x (message_id (8) |
+    length u16 | app envelope): one MLS message (one signature, one AEAD) for several
+    app messages, each keeping its own message id (the receiver's dedup key)."""
+    if not 2 <= len(records) <= MAX_BATCH:
+        raise InvalidArgument(f"a batch holds 2..{MAX_BATCH} records, got {len(records)}",
+                              field="records")  # fmt: skip
+    out = [bytes((SEALED_VERSION, int(SealedType.BATCH), len(records)))]
+    for message_id, envelope in records:
+        _check(message_id, MESSAGE_ID_LEN, MESSAGE_ID_LEN, "message_id")
+        body = envelope.encode()
+        _check(body, 2, MAX_BLOB_LEN, "envelope")
+        out.append(message_id + struct.pack(">H", len(body)) + body)
+    return b"".join(out)
+
+
+def decode_sealed_records(data: bytes) -> list[Sealed]:
+    """The records of a sealed plaintext: one for APP/CONTROL, 2..255 APP for a BATCH."""
+    if len(data) < 2 or data[0] != SEALED_VERSION or data[1] != SealedType.BATCH:
+        return [decode_sealed(data)]
+    r = _Reader(data, 2)
+    count = r.u8("count")
+    if count < 2:
+        raise FrameDecodeError(f"a batch holds 2..{MAX_BATCH} records, got {count}",
+                               field="count")  # fmt: skip
+    out: list[Sealed] = []
+    for _ in range(count):
+        message_id = r.take(MESSAGE_ID_LEN, "message_id")
+        out.append(Sealed(SealedType.APP, message_id, decode_envelope(r.blob16("envelope"))))
+    r.end()
+    return out
 
 
 # --- announce extensions -------------------------------------------------------------

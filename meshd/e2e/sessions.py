@@ -624,11 +624,12 @@ class SessionManager:
         self._confirm(src, gid)
         self.peer_in_epoch(src, gid, result.epoch)
         try:
-            sealed = sw.decode_sealed(result.plaintext)
+            records = sw.decode_sealed_records(result.plaintext)  # BATCH: coalesced sends
         except WireError as exc:
             self.actions.append(Notice("message_undecryptable", src, str(exc), warning=True))
             return
-        self.on_sealed(src, gid, sealed, hops=hops, now=now)
+        for sealed in records:
+            self.on_sealed(src, gid, sealed, hops=hops, now=now)
 
     def on_sealed(
         self, src: NodeAddress, group_id: bytes, sealed: sw.Sealed, *, hops: int, now: float
@@ -669,15 +670,18 @@ class SessionManager:
         fresh = self._create(src, kp, now=now)
         self.actions.append(Notice("session_reset", src, frame.reason.name.lower()))
         seen: set[bytes] = set()
-        for row in carried:
-            if row.message_id in seen or now >= row.expires_at:
+        # A coalesced carrier (meshd/e2e/coalesce.py) re-sends each of its members alone.
+        carried_ids = [(m, row) for row in carried
+                       for m in (row.message_id, *self.tables.batch_members(row.carrier_id))]
+        for message_id, row in carried_ids:
+            if message_id in seen or now >= row.expires_at:
                 continue
-            seen.add(row.message_id)
-            content = self.tables.outgoing_content(row.message_id)
+            seen.add(message_id)
+            content = self.tables.outgoing_content(message_id)
             if content is None:
                 continue
             carrier = os.urandom(8)
-            payload = self._seal(fresh, Envelope(*content), row.message_id, carrier, now=now,
+            payload = self._seal(fresh, Envelope(*content), message_id, carrier, now=now,
                                  expires_at=row.expires_at)  # fmt: skip
             self.actions.append(SendPayload(src, payload, carrier, row.expires_at - now))
         self.flush(src, now=now)

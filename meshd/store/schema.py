@@ -204,6 +204,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE history ADD COLUMN group_id BLOB;
     """,
+    # 5 -> 6: coalesced 1:1 sends (meshd/e2e/coalesce.py): the app messages after the first
+    # that ride in one sealed carrier (e2e_sealed, carrier_id = the first's message id),
+    # so the carrier's delivery state reaches all of them, also after a restart.
+    """
+    CREATE TABLE e2e_batch (
+        carrier_id  BLOB NOT NULL,
+        message_id  BLOB NOT NULL,
+        PRIMARY KEY (carrier_id, message_id)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs

@@ -164,11 +164,35 @@ class SessionTables:
     def prune_sealed(self, *, before: float) -> int:
         """Forget finished carriers created before ``before`` (kept a while for RESET):
         re-sends marked done, and first carriers whose message left the outbox."""
-        return self._w(
+        n = self._w(
             "DELETE FROM e2e_sealed WHERE created_at < ? AND (done = 1 OR (carrier_id = "
             "message_id AND carrier_id NOT IN (SELECT message_id FROM outbox)))",
             (before,),
         )
+        if n:
+            self._w("DELETE FROM e2e_batch WHERE carrier_id NOT IN "
+                    "(SELECT carrier_id FROM e2e_sealed)")  # fmt: skip
+        return n
+
+    # --- coalesced carriers (meshd/e2e/coalesce.py) --------------------------------------
+    def add_batch(self, carrier_id: bytes, members: list[bytes]) -> None:
+        """``members``: the app messages after the first riding in ``carrier_id``."""
+        for m in members:
+            self._w("INSERT OR IGNORE INTO e2e_batch VALUES (?, ?)", (carrier_id, m))
+
+    def delete_batch(self, carrier_id: bytes) -> None:
+        self._w("DELETE FROM e2e_batch WHERE carrier_id = ?", (carrier_id,))
+
+    def batch_members(self, carrier_id: bytes) -> list[bytes]:
+        rows = self._r("SELECT message_id FROM e2e_batch WHERE carrier_id = ?", (carrier_id,))
+        return [bytes(r[0]) for r in rows]
+
+    def batches(self) -> dict[bytes, list[bytes]]:
+        """Every coalesced carrier's members after the first (restore)."""
+        out: dict[bytes, list[bytes]] = {}
+        for r in self._r("SELECT carrier_id, message_id FROM e2e_batch"):
+            out.setdefault(bytes(r[0]), []).append(bytes(r[1]))
+        return out
 
     # --- accept list, policy ------------------------------------------------------------
     def accepted(self) -> set[NodeAddress]:
