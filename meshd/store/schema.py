@@ -214,6 +214,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (carrier_id, message_id)
     ) WITHOUT ROWID;
     """,
+    # 6 -> 7: a group's applied commits, one row each, written once (meshd/store/groups.py):
+    # group_states then holds only the rest (format 2, meshd/e2e/groups_codec.py).
+    """
+    CREATE TABLE group_log (
+        group_id    BLOB NOT NULL,
+        epoch       INTEGER NOT NULL,
+        commit_id   BLOB NOT NULL,
+        entry       BLOB NOT NULL,
+        PRIMARY KEY (group_id, epoch)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs
