@@ -142,14 +142,16 @@ class GroupTables:
     def add_carriers(self, carriers: list[GroupCarrier]) -> None:
         """Keep payloads handed to the core (one payload row per distinct payload: a
         fan-out stores its ciphertext once)."""
-        payloads = {hashlib.sha256(c.payload).digest(): c.payload for c in carriers}
-        for digest, payload in payloads.items():
-            self._w("INSERT OR IGNORE INTO group_payloads VALUES (?, ?)", (digest, payload))
+        digests: dict[bytes, bytes] = {}  # payload -> its digest (a fan-out: one payload)
         for c in carriers:
+            digest = digests.get(c.payload)
+            if digest is None:
+                digest = digests[c.payload] = hashlib.sha256(c.payload).digest()
+                self._w("INSERT OR IGNORE INTO group_payloads VALUES (?, ?)", (digest, c.payload))
             self._w(
                 "INSERT OR REPLACE INTO group_outbox VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (c.carrier_id, c.dst.raw, hashlib.sha256(c.payload).digest(), c.message_id,
-                 c.created_at, c.expires_at, c.state.value),
+                (c.carrier_id, c.dst.raw, digest, c.message_id, c.created_at, c.expires_at,
+                 c.state.value),
             )  # fmt: skip
 
     def carriers(self) -> tuple[list[GroupCarrier], list[str]]:
