@@ -126,13 +126,26 @@ async def _send_and_wait(ctx: Context, req: mpb.SendMessageRequest, wait_s: floa
         if not ctx.json:
             ctx.print(f"{final.message_id}  delivered")
         return 0
+    if final.reason == _AWAITING:
+        raise CommandFailed(f"message {final.message_id} reached {final.dst} but waits there, "
+                            "unopened, until it accepts the connection request (meshd reports "
+                            "it delivered then)")  # fmt: skip
     raise CommandFailed(f"message {final.message_id} failed: {final.reason or 'no reason given'}")
+
+
+_AWAITING = "awaiting acceptance"
 
 
 async def _final_state(
     ctx: Context, stream: grpc.aio.UnaryStreamCall, message_id: str
 ) -> mpb.DeliveryStateChanged:
     async for event in stream:
+        if (event.WhichOneof("kind") == "session" and event.session.detail == message_id
+                and event.session.kind == mpb.SESSION_EVENT_KIND_AWAITING_ACCEPTANCE):
+            # The peer (contacts only) holds it unopened as a connection request.
+            return mpb.DeliveryStateChanged(message_id=message_id, dst=event.session.peer,
+                                            state=mpb.DELIVERY_STATE_RELAYED,
+                                            reason=_AWAITING)  # fmt: skip
         if event.WhichOneof("kind") != "delivery_state":
             continue
         change: mpb.DeliveryStateChanged = event.delivery_state

@@ -26,7 +26,7 @@ from meshd.e2e import session_wire as sw
 from meshd.e2e.coalesce import Coalescer, Queued, seal_batch
 from meshd.e2e.requests import AcceptFrom, E2eSessions, RequestInfo
 from meshd.e2e.session_updates import DEFAULT_UPDATE_INTERVAL_S
-from meshd.e2e.sessions import Deliver, Expired, Notice, SendPayload, SessionInfo
+from meshd.e2e.sessions import Deliver, Expired, Notice, Opened, SendPayload, SessionInfo
 from meshd.envelope import Envelope
 from meshd.errors import (
     DeadlineExceeded,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 MLS_DIR = "mls"
 _TICK_S = 5.0
+_UNOPENED = "at the peer's node, not opened: it has not joined the session yet"
 _HKDF_INFO = b"meshd mls state at-rest key v1"
 _NOTICE_EVENTS = {
     "connection_request": AppEventKind.CONNECTION_REQUEST,
@@ -64,6 +65,7 @@ _NOTICE_EVENTS = {
     "connection_expired": AppEventKind.CONNECTION_EXPIRED,
     "session_established": AppEventKind.SESSION_ESTABLISHED,
     "message_undecryptable": AppEventKind.MESSAGE_UNDECRYPTABLE,
+    "awaiting_acceptance": AppEventKind.AWAITING_ACCEPTANCE,
 }
 
 
@@ -229,6 +231,22 @@ class SessionMessages:
     def _sessions_delivery(self, event: DeliveryStateChanged) -> DeliveryStateChanged | None:
         """Map a re-send carrier's state to its app message (None: nothing to record);
         a coalesced carrier's state also goes to its other members here."""
+        e2e = self._e2e
+        if event.state is DeliveryState.DELIVERED and e2e is not None and e2e.unopened(event.dst):
+            # The peer's node has it but has not joined the session: a contacts-only node
+            # holds it as a connection request. RELAYED for now; DELIVERED once the peer
+            # proves it joined (an Opened action), FAILED if it rejects.
+            resends = self._e2e_resends
+            app_id = resends.pop(event.message_id, None) if resends else None
+            if app_id is not None:
+                e2e.resend_done(event.message_id)
+            batches: dict[bytes, list[bytes]] | None = getattr(self, "_e2e_batches", None)
+            riding = batches.get(event.message_id, []) if batches else []
+            e2e.defer_delivered(event.dst, [app_id or event.message_id, *riding])
+            event = replace(event, message_id=app_id or event.message_id,
+                            state=DeliveryState.RELAYED, reason=_UNOPENED)  # fmt: skip
+            if app_id is not None:
+                return event
         batches = self._e2e_batches
         members = batches.get(event.message_id) if batches else None
         if members is not None:
@@ -402,6 +420,9 @@ class SessionMessages:
             elif isinstance(action, Expired):
                 self.store.set_outgoing_state(action.message_id, DeliveryState.FAILED,
                                               action.reason, at=wall)  # fmt: skip
+            elif isinstance(action, Opened):  # the peer joined: now it is the truth
+                for mid in action.message_ids:
+                    self.store.set_outgoing_state(mid, DeliveryState.DELIVERED, None, at=wall)
             elif isinstance(action, Notice):
                 self._e2e_notice(action, wall)
         if e2e.published is None and self._core is not None:

@@ -9,6 +9,12 @@ accepts, and then the held messages are opened and delivered. A request sent wit
 ``connect`` carries the Welcome and an optional first message (<= 4 KiB) and stays in the
 sender's *outgoing* list until the peer accepts (CONN_ACCEPT: an MLS message that proves
 it joined), rejects, the sender cancels, or it expires.
+
+What the sender's app is told: a message the core reports delivered while the peer has
+not joined the session yet is RELAYED for the app (``defer_delivered``), and DELIVERED
+(``Opened``) once the peer proves it joined; a peer that holds it as an incoming request
+says so (CONN_HELD), and the sender's app gets an ``awaiting_acceptance`` event per
+message; a reject or cancel fails them.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from meshd.crypto.identity import Identity
 from meshd.crypto.mls.engine import MlsEngine
 from meshd.e2e import session_wire as sw
 from meshd.e2e.session_updates import DEFAULT_UPDATE_INTERVAL_S, SessionUpdates
-from meshd.e2e.sessions import Expired, Notice, SendPayload
+from meshd.e2e.sessions import Expired, Notice, Opened, SendPayload
 from meshd.envelope import Envelope
 from meshd.errors import (
     AlreadyExists,
@@ -40,6 +46,9 @@ MAX_OUTGOING_REQUESTS = 64
 MAX_HELD_PER_PEER = 16
 REQUEST_LIFETIME_S = 7 * 24 * 3600.0
 INCOMING, OUTGOING = "incoming", "outgoing"
+# e2e_settings keys: "held:<gid>" (the peer holds our messages in that group as a request),
+# "acked:<message id>" = "<peer> <gid>" (delivered to its node, not opened yet).
+_HELD, _ACKED = "held:", "acked:"
 
 
 class AcceptFrom(enum.Enum):
@@ -74,6 +83,13 @@ class E2eSessions(SessionUpdates):
         stored = tables.setting("accept_from")
         self.accept_from = AcceptFrom(stored) if stored else default_accept_from
         self._accepted = tables.accepted()
+        self._held_by_peer = {bytes.fromhex(k[len(_HELD) :])
+                              for k in tables.settings_prefixed(_HELD)}  # fmt: skip
+        self._acked: dict[bytes, tuple[NodeAddress, bytes]] = {}
+        for key, value in tables.settings_prefixed(_ACKED).items():
+            peer_hex, gid_hex = value.split(" ")
+            self._acked[bytes.fromhex(key[len(_ACKED) :])] = (
+                NodeAddress(bytes.fromhex(peer_hex)), bytes.fromhex(gid_hex))
 
     # --- policy -------------------------------------------------------------------------
     def set_accept_from(self, value: AcceptFrom) -> None:
@@ -110,6 +126,9 @@ class E2eSessions(SessionUpdates):
                 RequestRow(src, INCOMING, frame.group_id, "", now, now + REQUEST_LIFETIME_S)
             )
             self.actions.append(Notice("connection_request", src, "incoming"))
+            # Its core saw our ACK (DELIVERED): tell it the app did not get it yet.
+            held = self.signed(src, sw.ConnHeld(frame.group_id))
+            self.actions.append(SendPayload(src, held, None))
         if self.tables.held_count(src) < MAX_HELD_PER_PEER:
             self.tables.hold(src, frame.encode(), hops=self._hops, now=now)
 
@@ -137,12 +156,22 @@ class E2eSessions(SessionUpdates):
             if req is None and (s is None or s.group_id != frame.group_id):
                 return
             self.tables.delete_request(src, OUTGOING)
+            self._fail_unopened(src, "connection request rejected")  # before the group goes
             if s is not None and s.group_id == frame.group_id and not s.confirmed:
                 self._sessions.pop(src, None)
                 self.tables.delete_session(src)
                 self._drop_group(frame.group_id)
             self._fail_pending(src, "connection request rejected")
             self.actions.append(Notice("connection_rejected", src, frame.reason.name.lower()))
+        elif isinstance(frame, sw.ConnHeld):
+            s = self._sessions.get(src)
+            gid = frame.group_id
+            if s is None or s.group_id != gid or s.confirmed or gid in self._held_by_peer:
+                return
+            self._held_by_peer.add(gid)
+            self.tables.set_setting(_HELD + gid.hex(), "")
+            for row in self.tables.sealed_in_group(gid):
+                self._awaiting(src, row.message_id)
         elif isinstance(frame, sw.ConnCancel):
             req = self._request(src, INCOMING)
             if req is None:
@@ -259,6 +288,7 @@ class E2eSessions(SessionUpdates):
     def cancel(self, peer: NodeAddress, *, now: float) -> None:
         req = self._require(peer, OUTGOING)
         self.tables.delete_request(peer, OUTGOING)
+        self._fail_unopened(peer, "connection request cancelled")  # before the group goes
         s = self._sessions.get(peer)
         if s is not None and not s.confirmed:
             self._sessions.pop(peer, None)
@@ -290,6 +320,64 @@ class E2eSessions(SessionUpdates):
                                                                 r.group_id))  # fmt: skip
                     self.actions.append(SendPayload(r.peer, expired, None))
             self.actions.append(Notice("connection_expired", r.peer, r.direction))
+
+    # --- what the sender's app is told -------------------------------------------------
+    def unopened(self, peer: NodeAddress) -> bool:
+        """Whether ``peer`` has not proved yet that it joined our session (so a message
+        its node acknowledged may sit unopened in its request list)."""
+        s = self._sessions.get(peer)
+        return s is not None and not s.confirmed
+
+    def defer_delivered(self, peer: NodeAddress, message_ids: list[bytes]) -> None:
+        """The core reported ``message_ids`` delivered to ``peer``, which has not joined:
+        DELIVERED for the app once it does (an ``Opened`` action), FAILED if it rejects."""
+        s = self._sessions.get(peer)
+        if s is None:
+            return
+        for mid in message_ids:
+            self._acked[mid] = (peer, s.group_id)
+            self.tables.set_setting(_ACKED + mid.hex(), f"{peer.raw.hex()} {s.group_id.hex()}")
+
+    def peer_in_epoch(self, src: NodeAddress, group_id: bytes, epoch: int) -> None:
+        super().peer_in_epoch(src, group_id, epoch)
+        if self._acked:  # src opened a message in group_id: it is in that group
+            opened = [m for m, (p, g) in self._acked.items() if p == src and g == group_id]
+            if opened:
+                self._forget_acked(opened)
+                self.actions.append(Opened(tuple(opened)))
+
+    def _seal(self, s: SessionRow, envelope: Envelope, message_id: bytes, carrier_id: bytes,
+              *, now: float, expires_at: float, flags: sw.InitFlags = sw.InitFlags.NONE,
+              ) -> bytes:  # fmt: skip
+        payload = super()._seal(s, envelope, message_id, carrier_id, now=now,
+                                expires_at=expires_at, flags=flags)  # fmt: skip
+        if s.group_id in self._held_by_peer and not s.confirmed:
+            self._awaiting(s.peer, message_id)
+        return payload
+
+    def group_dropped(self, group_id: bytes) -> None:
+        super().group_dropped(group_id)
+        if group_id in self._held_by_peer:
+            self._held_by_peer.discard(group_id)
+            self.tables.delete_setting(_HELD + group_id.hex())
+        # Re-sealed in the next group: their new carriers are acknowledged again.
+        self._forget_acked([m for m, (_p, g) in self._acked.items() if g == group_id])
+
+    def _awaiting(self, peer: NodeAddress, message_id: bytes) -> None:
+        content = self.tables.outgoing_content(message_id)
+        self.actions.append(Notice("awaiting_acceptance", peer, message_id.hex(),
+                                   app_id=None if content is None else content[0]))  # fmt: skip
+
+    def _fail_unopened(self, peer: NodeAddress, reason: str) -> None:
+        failed = [m for m, (p, _g) in self._acked.items() if p == peer]
+        self._forget_acked(failed)
+        for mid in failed:
+            self.actions.append(Expired(mid, reason))
+
+    def _forget_acked(self, message_ids: list[bytes]) -> None:
+        for mid in message_ids:
+            del self._acked[mid]
+            self.tables.delete_setting(_ACKED + mid.hex())
 
     # --- helpers ------------------------------------------------------------------------
     def _request(self, peer: NodeAddress, direction: str) -> RequestRow | None:

@@ -5,7 +5,7 @@ from the page. All integers are big-endian. Decoders raise ``FrameDecodeError`` 
 field; nothing here touches MLS state (the bytes inside are opaque MLS messages).
 
 Control payloads that carry no MLS authentication of their own (KP_REQUEST, KP_RESPONSE,
-SESSION_RESET, CONN_REJECT, CONN_CANCEL) end with ``signer (32) · signature (64)``: the
+SESSION_RESET, CONN_REJECT, CONN_CANCEL, CONN_HELD) end with ``signer (32) · signature (64)``: the
 sender's Ed25519 node key and its signature over a context label, the source and
 destination addresses and the payload before the trailer (``control_signed_bytes``). The
 receiver checks the key hashes to the source address (and is the TOFU-pinned one), so a
@@ -49,6 +49,7 @@ class Kind(enum.IntEnum):
     CONN_REJECT = 0x16
     CONN_CANCEL = 0x17
     SESSION_COMMIT = 0x18
+    CONN_HELD = 0x19
 
 
 class InitFlags(enum.IntFlag):
@@ -221,6 +222,25 @@ class ConnCancel:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnHeld:
+    """0x19: kind | gid_len u8 | group_id | auth. The receiver holds what the sender sent
+    in that group, unopened, as an incoming connection request (its policy is contacts
+    only): delivered to the node, not to an app, until it accepts."""
+
+    group_id: bytes
+    auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
+
+    def encode(self) -> bytes:
+        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
+        return self.body() + self.auth
+
+    def body(self) -> bytes:
+        """The payload without the signature trailer (what the signature covers)."""
+        _check(self.group_id, 1, MAX_GROUP_ID_LEN, "group_id")
+        return bytes((Kind.CONN_HELD, len(self.group_id))) + self.group_id
+
+
+@dataclass(frozen=True, slots=True)
 class SessionCommit:
     """0x18: kind | commit_len u16 | commit | MLS application message (to the end, may be
     empty).
@@ -251,11 +271,13 @@ SessionFrame = (
     | ConnReject
     | ConnCancel
     | SessionCommit
+    | ConnHeld
 )
 #: Kinds whose payload ends with the sender's node-key signature.
 SIGNED_KINDS = frozenset(
-    {Kind.KP_REQUEST, Kind.KP_RESPONSE, Kind.SESSION_RESET, Kind.CONN_REJECT, Kind.CONN_CANCEL}
-)
+    {Kind.KP_REQUEST, Kind.KP_RESPONSE, Kind.SESSION_RESET, Kind.CONN_REJECT, Kind.CONN_CANCEL,
+     Kind.CONN_HELD}
+)  # fmt: skip
 
 
 def control_signed_bytes(src: NodeAddress, dst: NodeAddress, body: bytes) -> bytes:
@@ -264,7 +286,7 @@ def control_signed_bytes(src: NodeAddress, dst: NodeAddress, body: bytes) -> byt
     return CONTROL_CONTEXT + src.raw + dst.raw + body
 
 
-SignedFrame = KpRequest | KpResponse | SessionReset | ConnReject | ConnCancel
+SignedFrame = KpRequest | KpResponse | SessionReset | ConnReject | ConnCancel | ConnHeld
 
 
 def sign_control(frame: SignedFrame, identity: Identity, dst: NodeAddress) -> bytes:
@@ -345,6 +367,10 @@ def decode(data: bytes) -> SessionFrame:
         if not commit:
             raise FrameDecodeError("empty commit", field="commit")
         return SessionCommit(commit, r.rest("message", minimum=0))
+    if kind is Kind.CONN_HELD:
+        group_id = r.blob8("group_id")
+        r.end()
+        return ConnHeld(group_id, auth)
     group_id = r.blob8("group_id")
     r.end()
     return ConnCancel(group_id, auth)

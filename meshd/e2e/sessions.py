@@ -116,7 +116,16 @@ class Expired:
     reason: str
 
 
-Action = SendPayload | Deliver | Notice | Expired
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """Messages the core reported delivered while the peer had not joined the session
+    (held as a connection request, or its proof of joining on its way): the peer has
+    joined now, so they are DELIVERED for the app (E2eSessions.defer_delivered)."""
+
+    message_ids: tuple[bytes, ...]
+
+
+Action = SendPayload | Deliver | Notice | Expired | Opened
 
 
 @dataclass(frozen=True, slots=True)

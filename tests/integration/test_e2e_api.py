@@ -88,3 +88,21 @@ async def test_policy_connect_accept_session_and_watch(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         watch.cancel()
         assert f"connection accepted {b.address}" in out_lines.getvalue()
+
+
+async def test_send_wait_to_a_contacts_only_node_says_the_message_awaits_acceptance(
+    tmp_path: Path,
+) -> None:
+    async with node_pair(tmp_path) as pair:
+        a, b = pair.a, pair.b
+        code, _, err = await ctl("--socket", b.socket, "policy", "contacts")
+        assert code == 0, err
+        code, out, err = await ctl("--socket", a.socket, "send", b.address, "hello?", "--wait",
+                                   "--timeout", "20")  # fmt: skip
+        assert code == 1 and "until it accepts the connection request" in err, (out, err)
+        code, out, err = await ctl("--socket", b.socket, "requests", "accept", a.address)
+        assert code == 0, err
+        # Once accepted the message shows delivered; the next send --wait just works.
+        code, out, err = await ctl("--socket", a.socket, "send", b.address, "thanks", "--wait",
+                                   "--timeout", "20")  # fmt: skip
+        assert code == 0 and "delivered" in out, err

@@ -294,3 +294,31 @@ async def test_self_updates_from_both_ends_at_once_through_real_nodes(tmp_path: 
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_message_held_as_a_request_is_not_reported_delivered_until_accepted(
+    tmp_path: Path,
+) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2, accept_from="contacts")
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    try:
+        rec = await a.send_message(CHAT, b.address, b"hi from a stranger", lifetime_s=None)
+
+        def a_events(kind: AppEventKind) -> list[str]:
+            return [e.detail for e in a.store.events_after("chat", 0, limit=100)
+                    if e.kind is kind]  # fmt: skip
+
+        await until(lambda: a_events(AppEventKind.AWAITING_ACCEPTANCE) == [rec.message_id.hex()])
+        await until(lambda: a.get_message(CHAT, rec.message_id).state is DeliveryState.RELAYED)
+        await asyncio.sleep(0.2)  # the core's ACK came long ago: still not DELIVERED
+        assert a.get_message(CHAT, rec.message_id).state is DeliveryState.RELAYED
+        assert inbox(b, a) == []
+        await b.accept_request(ADMIN, a.address)
+        await until(lambda: inbox(b, a) == [b"hi from a stranger"])
+        await until(lambda: a.get_message(CHAT, rec.message_id).state is DeliveryState.DELIVERED)
+    finally:
+        await a.stop()
+        await b.stop()

@@ -24,7 +24,7 @@ AUTH = bytes(range(0xA0, 0xA0 + sw.AUTH_LEN))
 # The identities the doc's signed vectors are made with (deterministic Ed25519).
 SIGNER, RECEIVER = Identity.from_seed(bytes(range(64))), Identity.from_seed(bytes(range(64, 128)))
 SIGNED = {"session-kp-request", "session-kp-response", "session-reset", "session-conn-reject",
-          "session-conn-cancel"}  # fmt: skip
+          "session-conn-cancel", "session-conn-held"}  # fmt: skip
 
 
 def doc_vectors() -> dict[str, bytes]:
@@ -43,6 +43,7 @@ EXPECTED: dict[str, object] = {
     "session-conn-accept": sw.ConnAccept(GID, bytes.fromhex("0001000203e1e2")),
     "session-conn-reject": sw.ConnReject(sw.RejectReason.DECLINED, GID),
     "session-conn-cancel": sw.ConnCancel(GID),
+    "session-conn-held": sw.ConnHeld(GID),
     "session-commit": sw.SessionCommit(bytes.fromhex("00010003f1f2f3"),
                                        bytes.fromhex("0001000203a1a2a3")),
 }  # fmt: skip
@@ -110,6 +111,7 @@ frames = st.one_of(
     st.builds(sw.ConnReject, st.sampled_from(list(sw.RejectReason)), gids, auths),
     st.builds(sw.ConnCancel, gids, auths),
     st.builds(sw.SessionCommit, blobs, st.binary(max_size=300)),
+    st.builds(sw.ConnHeld, gids, auths),
 )  # fmt: skip
 
 
@@ -121,7 +123,7 @@ def test_round_trip(frame: sw.SessionFrame) -> None:
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_decode_or_raise_frame_decode_error(data: bytes) -> None:
     try:
-        frame = sw.decode(bytes([0x10 + (data[0] % 9) if data else 0x10]) + data[1:])
+        frame = sw.decode(bytes([0x10 + (data[0] % 10) if data else 0x10]) + data[1:])
     except FrameDecodeError as exc:
         assert exc.field
     else:
@@ -169,6 +171,7 @@ def test_truncations_are_refused_naming_a_field(
         (b"\x17\x01g!" + AUTH, "trailing"),
         (b"\x18\x00\x00", "commit"),
         (b"\x18\x00\x05ab", "commit"),
+        (b"\x19\x01g!" + AUTH, "trailing"),
     ],
 )
 def test_malformed_frames_name_the_field(data: bytes, field: str) -> None:
