@@ -35,7 +35,6 @@ from meshd.crypto.mls import wire as mls_wire
 from meshd.crypto.mls.engine import EpochChanged, MlsEngine
 from meshd.e2e import session_wire as sw
 from meshd.e2e.sessions import RESET_INTERVAL_S, Notice, SendPayload, SessionManager
-from meshd.envelope import Envelope
 from meshd.errors import FailedPrecondition, InvalidArgument, MeshdError, NotFound, WireError
 from meshd.store.sessions import SessionTables
 
@@ -265,18 +264,8 @@ class SessionUpdates(SessionManager):
         s = self._sessions.get(src)
         if s is None or s.group_id != gid:
             return
-        seen: set[bytes] = set()
-        for row in self.tables.sealed_in_group(gid):
-            if row.created_at < state.updated_at or row.message_id in seen:
-                continue
-            seen.add(row.message_id)
-            content = self.tables.outgoing_content(row.message_id)
-            if content is None or now >= row.expires_at:
-                continue
-            carrier = os.urandom(8)
-            payload = self._seal(s, Envelope(*content), row.message_id, carrier, now=now,
-                                 expires_at=row.expires_at)  # fmt: skip
-            self.actions.append(SendPayload(src, payload, carrier, row.expires_at - now))
+        ours = [r for r in self.tables.sealed_in_group(gid) if r.created_at >= state.updated_at]
+        self.reseal(s, ours, now=now)
 
     def _resend_commit(self, src: NodeAddress, gid: bytes, own: bytes, *, now: float) -> None:
         last = self._commit_sent.get(gid)

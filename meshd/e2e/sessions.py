@@ -678,6 +678,12 @@ class SessionManager:
         self.tables.delete_session(src)
         fresh = self._create(src, kp, now=now)
         self.actions.append(Notice("session_reset", src, frame.reason.name.lower()))
+        self.reseal(fresh, carried, now=now)
+        self.flush(src, now=now)
+
+    def reseal(self, s: SessionRow, carried: list[SealedRow], *, now: float) -> None:
+        """Seal again in ``s`` what the carriers ``carried`` held, each message under a new
+        carrier id (the receiver delivers a message id once)."""
         seen: set[bytes] = set()
         # A coalesced carrier (meshd/e2e/coalesce.py) re-sends each of its members alone.
         carried_ids = [(m, row) for row in carried
@@ -690,7 +696,6 @@ class SessionManager:
             if content is None:
                 continue
             carrier = os.urandom(8)
-            payload = self._seal(fresh, Envelope(*content), message_id, carrier, now=now,
+            payload = self._seal(s, Envelope(*content), message_id, carrier, now=now,
                                  expires_at=row.expires_at)  # fmt: skip
-            self.actions.append(SendPayload(src, payload, carrier, row.expires_at - now))
-        self.flush(src, now=now)
+            self.actions.append(SendPayload(s.peer, payload, carrier, row.expires_at - now))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from meshd.address import NodeAddress
 from meshd.config import load_config
 from meshd.crypto.identity import Identity
 from meshd.e2e import session_wire as sw
+from meshd.e2e.coalesce import Queued, seal_batch
 from meshd.e2e.requests import AcceptFrom
 from meshd.e2e.sessions import Deliver, Notice, SendPayload
+from meshd.envelope import Envelope
 from meshd.errors import ConfigError, FailedPrecondition
 from tests.unit.test_e2e_sessions import (
     T0,
@@ -326,3 +329,29 @@ def test_forged_key_package_request_gets_no_answer(tmp_path: Path) -> None:
     b.e2e.receive(a.address, forged, hops=2, now=T0)
     assert not any(isinstance(x, SendPayload) for x in b.e2e.actions)
     assert notices(run([a, b]), "control_forged")
+
+
+def test_a_coalesced_carrier_on_the_losing_branch_is_resealed_member_by_member(
+    pair: tuple[Peer, Peer],
+) -> None:
+    a, b = pair
+    now = T0 + 100
+    a.e2e.update(b.address, now=now)
+    b.e2e.update(a.address, now=now)
+    gid = a.e2e.info(b.address).group_id
+    ca, cb = a.e2e.pending_commit(gid), b.e2e.pending_commit(gid)
+    assert ca is not None and cb is not None
+    loser, winner = (b, a) if hashlib.sha256(ca).digest() < hashlib.sha256(cb).digest() else (a, b)
+    items = []
+    for text in (b"one", b"two", b"three"):
+        mid = os.urandom(8)
+        loser.store.add_outgoing(message_id=mid, app_id="chat", dst=winner.address, content=text,
+                                 created_at=now + 1, expires_at=now + 3600)  # fmt: skip
+        items.append(Queued(mid, Envelope("chat", text), now + 3600))
+    s = loser.e2e.session(winner.address)
+    assert s is not None
+    payload, _ = seal_batch(loser.e2e, s, items, now=now + 1)
+    loser.e2e.actions.append(SendPayload(winner.address, payload, items[0].message_id))
+    out = run([a, b], now=now + 2)
+    assert len(notices(out, "session_fork_resolved")) == 1
+    assert sorted(delivered(out, winner)) == [b"one", b"three", b"two"]
