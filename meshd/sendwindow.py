@@ -19,6 +19,7 @@ At low load the window is never full: latency is unchanged.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from meshd.address import NodeAddress
@@ -42,7 +43,7 @@ class SendWindow:
         self._limit = limit
         self._stale_after = stale_after
         self._on_link: dict[NodeAddress, dict[bytes, float]] = {}
-        self._waiters: dict[NodeAddress, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[NodeAddress, deque[asyncio.Future[None]]] = {}
 
     def sent(self, dst: NodeAddress, message_id: bytes) -> None:
         """The message went SENT (it holds room until it leaves that state)."""
@@ -58,9 +59,16 @@ class SendWindow:
         if not entries:
             del self._on_link[dst]
         if len(entries) < self._limit:
-            for waiter in self._waiters.pop(dst, ()):
+            # One slot freed: wake one waiter, first come first served. Waking all of them
+            # (16-64 unary callers) made all but one look again and go back to sleep.
+            waiters = self._waiters.get(dst)
+            while waiters:
+                waiter = waiters.popleft()
                 if not waiter.done():
                     waiter.set_result(None)
+                    break
+            if waiters is not None and not waiters:
+                del self._waiters[dst]
 
     def in_flight(self, dst: NodeAddress) -> int:
         return len(self._on_link.get(dst, ()))
@@ -80,7 +88,7 @@ class SendWindow:
         """Return once ``dst`` has room (at once, nearly always)."""
         while self.full(dst):
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiters = self._waiters.setdefault(dst, [])
+            waiters = self._waiters.setdefault(dst, deque())
             waiters.append(waiter)
             try:
                 await asyncio.wait((waiter,), timeout=_RECHECK_S)

@@ -99,3 +99,31 @@ def test_a_message_sent_again_holds_room_from_its_latest_send() -> None:
     clock.t += 1.5  # now all are stale
     window.sent(C, second)
     assert not window.full(B) and window.in_flight(C) == 1
+
+
+async def test_each_freed_slot_wakes_one_waiter_in_order() -> None:
+    clock = Clock()
+    w = SendWindow(clock, limit=2, stale_after=60.0)
+    for m in ids(2):
+        w.sent(B, m)
+    woken: list[int] = []
+
+    async def wait(n: int) -> None:
+        await w.room(B)
+        woken.append(n)
+        w.sent(B, (100 + n).to_bytes(8, "big"))  # its send takes the slot
+
+    tasks = [asyncio.create_task(wait(n)) for n in range(4)]
+    await asyncio.sleep(0.01)
+    assert woken == []
+    queued = list(w._waiters[B])
+    w.left(B, ids(2)[0])
+    assert [f.done() for f in queued] == [True, False, False, False]  # not a herd
+    await asyncio.sleep(0.01)
+    assert woken == [0]  # one slot: one waiter, the first
+    w.left(B, ids(2)[1])
+    await asyncio.sleep(0.01)
+    assert woken == [0, 1]
+    w.release_all()
+    await asyncio.gather(*tasks)
+    assert sorted(woken) == [0, 1, 2, 3]
