@@ -131,6 +131,9 @@ class SessionUpdates(SessionManager):
         s = self._sessions.get(peer)
         if s is None:
             raise NotFound(f"no session with {peer.text}", field="address")
+        if not s.confirmed:  # its Welcome still travels: the peer would join the old epoch
+            raise FailedPrecondition(f"{peer.text} has not joined the session yet",
+                                     field="address")  # fmt: skip
         state = self._updates.get(s.group_id)
         if state is not None and state.commit is not None:
             raise FailedPrecondition("the last update is not confirmed yet", field="address")

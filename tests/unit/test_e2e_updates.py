@@ -241,6 +241,15 @@ def test_lossy_reordering_link_with_updates_from_both_ends_converges(
     assert delivered(out, b) == [b"final a"] and delivered(out, a) == [b"final b"]
 
 
+def test_no_update_before_the_peer_joined(tmp_path: Path) -> None:
+    a, b = make_peer(tmp_path, "a"), make_peer(tmp_path, "b")
+    publish(b, a)
+    send(a, b, b"hello")  # the INIT is not delivered yet
+    assert a.e2e.update_due(b.address) is None
+    with pytest.raises(FailedPrecondition):
+        a.e2e.update(b.address, now=T0 + 1)
+
+
 def test_an_unconfirmed_update_survives_a_restart(pair: tuple[Peer, Peer]) -> None:
     a, b = pair
     a.e2e.update(b.address, now=T0 + 10)
