@@ -36,3 +36,22 @@ def test_meshctl_watch_line_for_a_group_event() -> None:
     )
     line = event_line(ev)
     assert "group 0a0b role changed" in line and A.text in line and "(role=admin by=x)" in line
+
+
+def test_group_id_in_api_message_and_meshctl_history() -> None:
+    from meshctl.format import history_table
+    from meshd.node_api import Direction, MessageRecord
+    from meshd.router.events import DeliveryState
+
+    gid = bytes(range(32))
+    sent = MessageRecord(b"\x01" * 16, "chat", Direction.OUTGOING, A, b"hi all", 1.0,
+                         DeliveryState.DELIVERED, None, None, 5, group_id=gid)  # fmt: skip
+    one = MessageRecord(b"\x02" * 8, "chat", Direction.INCOMING, A, b"1:1", 2.0, None, None,
+                        1, 6)  # fmt: skip
+    pb_sent, pb_one = convert.message(sent), convert.message(one)
+    assert (pb_sent.group_id, pb_one.group_id) == (gid.hex(), "")
+    head, *rows = history_table([pb_sent, pb_one]).splitlines()
+    assert head.split() == ["TIME", "DIR", "PEER", "GROUP", "STATE", "ID", "TEXT"]
+    assert "(all members)" in rows[0] and gid.hex()[:16] in rows[0] and "delivered" in rows[0]
+    assert gid.hex()[:16] not in rows[1] and "from" in rows[1]
+    assert "GROUP" not in history_table([pb_one])  # 1:1 only: the table as before
