@@ -319,6 +319,8 @@ class E2eSessions(SessionUpdates):
                     expired = self.signed(r.peer, sw.ConnReject(sw.RejectReason.EXPIRED,
                                                                 r.group_id))  # fmt: skip
                     self.actions.append(SendPayload(r.peer, expired, None))
+            else:  # never accepted: what its node held was never opened
+                self._fail_unopened(r.peer, "connection request expired")
             self.actions.append(Notice("connection_expired", r.peer, r.direction))
 
     # --- what the sender's app is told -------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from meshd.crypto.identity import Identity
 from meshd.e2e import session_wire as sw
-from meshd.e2e.requests import AcceptFrom
+from meshd.e2e.requests import REQUEST_LIFETIME_S, AcceptFrom
 from meshd.e2e.sessions import Expired, Notice, Opened, SendPayload
 from tests.unit.test_e2e_sessions import (
     T0,
@@ -76,6 +76,17 @@ def test_rejected_request_fails_the_messages_its_node_acknowledged(tmp_path: Pat
     out = run([a, b], now=T0 + 1)
     assert (a.address, Expired(mid, "connection request rejected")) in out
     assert not opened(out)
+
+
+def test_unanswered_request_fails_its_messages_when_it_expires(tmp_path: Path) -> None:
+    a, b = setup(tmp_path, AcceptFrom.CONTACTS)
+    env_mid = send(a, b, b"anyone there?")
+    run([a, b])
+    core_acknowledged(a, b, env_mid)
+    a.e2e.connect(b.address, "chat", now=T0 + 1)  # an explicit request too
+    a.e2e.actions.clear()
+    a.e2e.tick(now=T0 + REQUEST_LIFETIME_S + 2)  # b's side never answered (offline)
+    assert Expired(env_mid, "connection request expired") in a.e2e.actions
 
 
 def test_open_policy_delivers_once_the_peer_proves_it_joined(tmp_path: Path) -> None:
