@@ -59,7 +59,7 @@ class EventLog(StoreCore):
         cursor that a crash could hand out again)."""
         rows = self._read(
             "SELECT e.cursor, e.kind, e.at, e.state, e.reason, e.peer, e.detail, "
-            f"e.history_id, {_HISTORY_COLS} FROM events e LEFT JOIN history h "
+            f"e.history_id, {_HISTORY_COLS}, h.group_id FROM events e LEFT JOIN history h "
             "ON h.id = e.history_id WHERE e.cursor > ? AND e.cursor <= ? "
             "AND (e.app_id = ? OR e.app_id IS NULL) ORDER BY e.cursor LIMIT ?",
             (cursor, self._last_cursor if upto is None else upto, app_id, limit),
@@ -97,6 +97,8 @@ def _event(row: tuple[Any, ...] | list[Any]) -> AppEvent:
             message = _record(row[8:])
             if row[3] is not None:  # the state as of this event, not the latest
                 message = replace(message, state=DeliveryState(row[3]), reason=row[4])
+            if row[-1] is not None:  # h.group_id, selected last: a group message
+                message = replace(message, group_id=bytes(row[-1]))
         peer = NodeAddress(bytes(row[5])) if row[5] is not None else None
         return AppEvent(
             cursor=cursor,

@@ -73,6 +73,13 @@ async def test_group_over_two_hops_with_roles_and_removal(tmp_path: Path) -> Non
         await until(lambda: texts(z) == [b"hello team"] and texts(y) == [b"hello team"])
         assert texts(z, OTHER) == []  # another app does not see chat's group messages
         assert len(z.group_history(CHAT, gid, limit=10)) == 1
+        # The event stream names the group too (an app tells group from 1:1 messages).
+        received = [
+            e.message
+            for e in z.store.events_after("chat", 0, limit=1000)
+            if e.kind is AppEventKind.MESSAGE_RECEIVED and e.message is not None
+        ]
+        assert [(m.payload, m.group_id) for m in received] == [(b"hello team", gid)]
         with pytest.raises(PermissionDenied):
             await z.remove_from_group(CHAT, gid, [y.address])
         await x.set_group_role(CHAT, gid, y.address, Role.ADMIN)
