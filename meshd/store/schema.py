@@ -225,6 +225,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (group_id, epoch)
     );
     """,
+    # 7 -> 8: frames this node holds for others as custodian (meshd/store/router_state.py),
+    # keyed like the core's custody store by (src, frame id): the older custody table was
+    # keyed by frame id alone, so a frame from another source with a copied id could
+    # replace one we had promised to keep. Times are unix seconds.
+    """
+    CREATE TABLE custody_frames (
+        src         BLOB NOT NULL,
+        frame_id    BLOB NOT NULL,
+        dst         BLOB NOT NULL,
+        frame       BLOB NOT NULL,
+        held_at     REAL NOT NULL,
+        hold_until  REAL NOT NULL,
+        PRIMARY KEY (src, frame_id)
+    );
+    CREATE INDEX custody_frames_until ON custody_frames (hold_until);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs
