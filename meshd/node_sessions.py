@@ -118,6 +118,7 @@ class SessionMessages:
     #: each open coalesced carrier's members after the first (the carrier id's message).
     _e2e_queue: Coalescer | None = None
     _e2e_batches: dict[bytes, list[bytes]] | None = None
+    _e2e_direct: set[NodeAddress]  # peers sent a message alone since the last pump pass
     #: Coalesce queued 1:1 sends per peer (False: one MLS message each, the baseline the
     #: benchmark compares with; MESHD_COALESCE=0 in the environment sets it at start).
     coalesce: bool = True
@@ -164,6 +165,7 @@ class SessionMessages:
         if os.environ.get("MESHD_COALESCE") == "0":
             self.coalesce = False
         self._e2e_queue = Coalescer()
+        self._e2e_direct = set()
         self._e2e_publish()
         assert self._loop is not None
         self._e2e_timer = self._loop.call_later(_TICK_S, self._e2e_tick)
@@ -311,11 +313,17 @@ class SessionMessages:
         is coalesced, else for a key package, stored)."""
         queue = self._e2e_queue
         if self.coalesce and queue is not None and self.e2e.session(dst) is not None:
-            # Sealed with whatever else is queued for dst by _sessions_coalesced, in the
-            # pump pass whose commit this send waits for (so nothing is acknowledged to
-            # the app before its carrier is stored).
-            queue.add(dst, Queued(message_id, envelope, expires_at))
-            return None
+            direct = self._e2e_direct
+            if dst in queue or dst in direct or self._window.in_flight(dst):
+                # Sealed with whatever else is queued for dst by _sessions_coalesced, in
+                # the pump pass whose commit this send waits for (so nothing is
+                # acknowledged to the app before its carrier is stored).
+                queue.add(dst, Queued(message_id, envelope, expires_at))
+                return None
+            # As Nagle (RFC 896): nothing of ours on the way to dst, so this one goes at
+            # once, alone; those after it in this pass, or while it is in flight, wait
+            # for the pump. Measured: queueing the lone message too cost 0.5 ms p50.
+            direct.add(dst)
         payload = self.e2e.seal_or_queue(dst, envelope, message_id, now=time.time(),
                                          expires_at=expires_at)  # fmt: skip
         self._e2e_drain(time.time())
@@ -326,6 +334,9 @@ class SessionMessages:
         and batch (meshd/e2e/coalesce.py). Called by the pump before the events it drains
         and the commit it makes, so the carriers commit with their history rows."""
         queue = self._e2e_queue
+        if queue is None:
+            return
+        self._e2e_direct.clear()
         if not queue:
             return
         e2e = self.e2e

@@ -69,6 +69,9 @@ class Coalescer:
     def __len__(self) -> int:
         return self._count
 
+    def __contains__(self, dst: object) -> bool:
+        return dst in self._queued
+
     def add(self, dst: NodeAddress, item: Queued) -> None:
         self._queued.setdefault(dst, []).append(item)
         self._count += 1
