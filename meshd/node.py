@@ -54,6 +54,8 @@ from meshd.node_sessions import SessionMessages
 from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.events import (
     CoreEvent,
+    CustodyReleased,
+    CustodyTaken,
     DeliveryState,
     DeliveryStateChanged,
     FrameRejected,
@@ -68,6 +70,7 @@ from meshd.router.events import (
 from meshd.router.types import NeighbourInfo, OutboxEntry, RouteInfo
 from meshd.sendwindow import SendWindow
 from meshd.store import Store
+from meshd.store.router_state import RouterState
 from meshd.store.statedir import (
     DATABASE_FILE,
     StateLock,
@@ -160,6 +163,7 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         self._closed = False
         # TOFU pins and contacts (meshd/identity_service.py; ContactsApi delegates there).
         self.trust = IdentityService(identity, store, commit=self._durable, log=self.log)
+        self._router_state = RouterState(store)  # custody frames (meshd/store/router_state.py)
 
     @classmethod
     def open(
@@ -211,6 +215,13 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         now = self._now()
         self._core = MeshCore(self.identity, now=now, rng=self._rng, config=self._core_config)
         self._restore_outbox(now)
+        restored, dropped, bad = self._router_state.restore_custody(
+            self._core, now=now, wall=time.time()
+        )
+        for line in bad:
+            self.log.error("custody_row_unreadable", detail=line)
+        if restored or dropped:
+            self.log.info("custody_restored", frames=restored, dropped=dropped)
         self._sessions_start(now)
         if isinstance(self._mls, MlsRsEngine):
             # Application-message ratchets are persisted by the pump's flush (see _pump).
@@ -486,6 +497,9 @@ class Node(AppMessages, SessionMessages, GroupMessages):
                     state=event.state.value,
                     reason=event.reason,
                 )
+            return
+        if isinstance(event, CustodyTaken | CustodyReleased):
+            self._router_state.on_custody_event(event, wall=wall, offset=self._wall_offset())
             return
         if isinstance(event, NeighbourUp | NeighbourDown):
             up = isinstance(event, NeighbourUp)

@@ -34,12 +34,14 @@ from meshd.router.e2e_bodies import (
     receipt_frame,
 )
 from meshd.router.e2e_common import CustodyKey, EndpointStats
+from meshd.router.events import CoreEvent, CustodyReleased, CustodyTaken
 from meshd.router.frames import FRAME_ID_LEN, HEADER_LEN, Frame, FrameFlags, FrameType
 
 if TYPE_CHECKING:
     from meshd.router.core import CoreConfig
 
 Emit = Callable[[Frame, float], None]
+Notify = Callable[[CoreEvent], None]
 
 
 @dataclass(slots=True)
@@ -190,8 +192,11 @@ class Custodian:
         probes: ProbeGate,
         stats: EndpointStats,
         emit: Emit,
+        notify: Notify | None = None,
     ) -> None:
         self._identity = identity
+        # CustodyTaken/CustodyReleased go here (the daemon persists the held frames).
+        self._notify = notify
         self._address = identity.address
         self._rng = rng
         self._config = config
@@ -223,6 +228,8 @@ class Custodian:
                 return False
             self.store.add(held)
             self._stats.custody_taken += 1
+            if self._notify is not None:  # before the receipt below is queued
+                self._notify(CustodyTaken(frame, hold_until))
             first = self._policy.custody_first_try * self._jitter()
             self._timers.set(key, now + first)
         if previous != self._address:  # a copy again: the first receipt may have been lost
@@ -257,6 +264,9 @@ class Custodian:
         self.store.remove(key)
         self._timers.cancel(key)
         self._stats.custody_released += 1
+        if self._notify is not None:
+            reason = "delivered" if frame.src == held.frame.dst else "handed_on"
+            self._notify(CustodyReleased(key[0], key[1], reason))
         if frame.src == held.frame.dst:
             if held.last_handoff_at is not None:
                 self._rtt.sample(held.frame.dst, now - held.last_handoff_at)
@@ -316,6 +326,8 @@ class Custodian:
         for held in self.store.expire(now=now):
             self._timers.cancel(held.key)
             self._stats.custody_expired += 1
+            if self._notify is not None:
+                self._notify(CustodyReleased(held.frame.src, held.frame.frame_id, "expired"))
 
     def next_deadline(self) -> float | None:
         timers, expiry = self._timers.peek(), self.store.next_expiry()

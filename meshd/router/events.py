@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from meshd.address import NodeAddress
 from meshd.crypto.identity import PublicIdentity
+from meshd.router.frames import Frame
 
 LinkId = int
 
@@ -93,6 +94,27 @@ class FrameRejected:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class CustodyTaken:
+    """This node now holds ``frame`` (DATA, for others) as custodian until ``hold_until``.
+
+    Queued before the custody receipt leaves: the daemon persists the frame in the same
+    pump, so the receipt (a promise to keep it) never outruns the write.
+    """
+
+    frame: Frame
+    hold_until: float  # core (monotonic) time
+
+
+@dataclass(frozen=True, slots=True)
+class CustodyReleased:
+    """A frame held for others is gone: ``reason`` is delivered, handed_on or expired."""
+
+    src: NodeAddress
+    frame_id: bytes
+    reason: str
+
+
 CoreEvent = (
     MessageReceived
     | DeliveryStateChanged
@@ -102,4 +124,6 @@ CoreEvent = (
     | PeerIdentityLearned
     | LinkAdviceChanged
     | FrameRejected
+    | CustodyTaken
+    | CustodyReleased
 )

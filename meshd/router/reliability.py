@@ -98,6 +98,7 @@ class Endpoint:
         self._custodian = Custodian(
             identity, rng=rng, config=config, policy=self._policy, rtt=self._rtt,
             probes=self._probes, stats=self.stats, emit=self._queue,
+            notify=self._events.append,
         )
 
     @property
