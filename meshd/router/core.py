@@ -26,6 +26,7 @@ from meshd.router.bodies import MAX_EXTENSIONS_LEN
 from meshd.router.discovery import Router
 from meshd.router.events import CoreEvent, LinkId
 from meshd.router.frames import Frame
+from meshd.router.linkrel import link_throughput
 from meshd.router.routing import RouterConfig, Stats
 from meshd.router.types import LinkInfo, NeighbourInfo, OutboxEntry, RouteInfo
 
@@ -136,6 +137,7 @@ class MeshCore:
     ) -> None:
         """A transport finished an authenticated handshake with ``peer`` on ``link_id``."""
         self._router.link_up(link_id, peer, info, now=now)
+        self._router.linkrel.set_throughput(link_id, link_throughput(info))
         # A new neighbour is a new way out (a DTN contact): what found none retries now,
         # not after the discovery back-off (10 s+) and the unroutable wait (30 s). Without
         # this a message sent while the links were still coming up (cold start, a relay
@@ -148,6 +150,8 @@ class MeshCore:
         neighbour = self._router.neighbours.get(link_id)
         if neighbour is not None:
             neighbour.info = info
+            if info.bitrate is not None:  # a new figure from the transport
+                self._router.linkrel.set_throughput(link_id, link_throughput(info))
             self._router.recompute_clusters(now=now)
         self._pump(now)
 

@@ -24,6 +24,9 @@ class LinkInfo:
     quality: float = 1.0  # 0..1 delivery probability estimate; the core refines it
     mtu: int = 65536  # largest frame the transport carries (it fragments below that)
     rssi: int | None = None  # dBm, radios only
+    # bits/s the link carries, if the transport knows (sizes hop-by-hop retransmit timers,
+    # meshd/router/linkrel.py); None: a per-kind prior, then learned from ACKs.
+    bitrate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
