@@ -312,7 +312,10 @@ class SessionMessages:
         """Seal an app message for ``dst`` (None: it waits, for the next pump pass when it
         is coalesced, else for a key package, stored)."""
         queue = self._e2e_queue
-        if self.coalesce and queue is not None and self.e2e.session(dst) is not None:
+        s = self.e2e.session(dst) if self.coalesce and queue is not None else None
+        # Only in a session the peer is known to have joined: before that the Welcome
+        # rides along (size) and a held connection request keeps its own delivery logic.
+        if queue is not None and s is not None and s.confirmed:
             direct = self._e2e_direct
             if dst in queue or dst in direct or self._window.in_flight(dst):
                 # Sealed with whatever else is queued for dst by _sessions_coalesced, in

@@ -54,6 +54,7 @@ async def test_burst_shares_carriers_and_each_message_gets_its_states(
     try:
         await a.send_message(CHAT, b.address, b"hello", lifetime_s=None)  # the session
         await until(lambda: received(b, a) == [b"hello"])
+        await until(lambda: a.session_info(b.address).established)  # CONN_ACCEPT
         texts = [f"m{i:03d}".encode() for i in range(40)]
         ids = await burst(a, b, texts)
         await until(lambda: received(b, a)[1:] == texts)
@@ -94,6 +95,7 @@ async def test_queued_carriers_survive_a_restart(tmp_path: Path) -> None:
     try:
         await a.send_message(CHAT, b.address, b"hello", lifetime_s=None)
         await until(lambda: received(b, a) == [b"hello"])
+        await until(lambda: a.session_info(b.address).established)  # CONN_ACCEPT
         wire.cut()  # no path: the carriers wait in the outbox
         texts = [f"offline{i}".encode() for i in range(12)]
         ids = await burst(a, b, texts)
@@ -121,6 +123,7 @@ async def test_lossy_link_delivers_each_message_once(tmp_path: Path) -> None:
     try:
         await a.send_message(CHAT, b.address, b"hello", lifetime_s=None)
         await until(lambda: received(b, a) == [b"hello"], within=30)
+        await until(lambda: a.session_info(b.address).established)  # CONN_ACCEPT
         ids: list[bytes] = []
         texts: list[bytes] = []
         for round_ in range(3):
@@ -145,6 +148,7 @@ async def test_a_carrier_too_large_for_the_core_is_halved(tmp_path: Path) -> Non
     try:
         await a.send_message(CHAT, b.address, b"hello", lifetime_s=None)
         await until(lambda: received(b, a) == [b"hello"])
+        await until(lambda: a.session_info(b.address).established)  # CONN_ACCEPT
         texts = [f"{i:04d}".encode().ljust(1024, b".") for i in range(64)]
         ids = await burst(a, b, texts)
         await until(lambda: received(b, a)[1:] == texts)
