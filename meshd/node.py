@@ -222,6 +222,7 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             self.log.error("custody_row_unreadable", detail=line)
         if restored or dropped:
             self.log.info("custody_restored", frames=restored, dropped=dropped)
+        self._restore_paths(now)
         self._sessions_start(now)
         if isinstance(self._mls, MlsRsEngine):
             # Application-message ratchets are persisted by the pump's flush (see _pump).
@@ -312,6 +313,21 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             self.core.restore(sealed, now=now)
         if entries:
             self.log.info("outbox_restored", messages=len(entries), sealed=len(sealed))
+
+    def _restore_paths(self, now: float) -> None:
+        """Paths from before the restart, as unconfirmed hints (MeshCore.restore_paths);
+        those older than a route's lifetime are surely stale and skipped."""
+        wall = time.time()
+        lifetime = self.core.router.config.route_lifetime
+        try:
+            paths = self.store.paths()
+        except StoreError as exc:  # only a hint: start without them
+            self.log.error("paths_unreadable", error=str(exc))
+            return
+        hints = [(p.dst, p.next_hop, p.hops, p.cost) for p in paths
+                 if wall - p.updated_at < lifetime]
+        if hints:
+            self.core.restore_paths(hints, now=now)
 
     def _integrity_checked(self, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
@@ -511,7 +527,8 @@ class Node(AppMessages, SessionMessages, GroupMessages):
             return
         if isinstance(event, PathChanged):
             if event.next_hop is None:
-                store.delete_path(event.dst)
+                if self._running:  # not lost to our own stop: kept as a hint for the restart
+                    store.delete_path(event.dst)
                 detail = "lost"
             else:
                 store.set_path(event.dst, event.next_hop, event.hops, event.cost, now=wall)
