@@ -320,12 +320,12 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         wall = time.time()
         lifetime = self.core.router.config.route_lifetime
         try:
+            self._router_state.prune_paths(before=wall - lifetime)
             paths = self.store.paths()
         except StoreError as exc:  # only a hint: start without them
             self.log.error("paths_unreadable", error=str(exc))
             return
-        hints = [(p.dst, p.next_hop, p.hops, p.cost) for p in paths
-                 if wall - p.updated_at < lifetime]
+        hints = [(p.dst, p.next_hop, p.hops, p.cost) for p in paths]
         if hints:
             self.core.restore_paths(hints, now=now)
 

@@ -43,6 +43,12 @@ class RouterState:
     def _r(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         return self._store._read(sql, params)
 
+    # --- paths ----------------------------------------------------------------------
+    def prune_paths(self, *, before: float) -> int:
+        """Delete paths not updated since ``before`` (unix): too old to be hints, and the
+        core's table evicts without telling, so this is what keeps the table bounded."""
+        return self._w("DELETE FROM paths WHERE updated_at < ?", (before,))
+
     # --- custody --------------------------------------------------------------------
     def on_custody_event(self, event: CustodyTaken | CustodyReleased, *, wall: float,
                          offset: float) -> None:
