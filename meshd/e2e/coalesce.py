@@ -114,7 +114,7 @@ def seal_batch(
         return payload, expires_at
     plaintext = sw.encode_batch([(q.message_id, q.envelope) for q in items])
     ciphertext = mgr.engine.encrypt(s.group_id, plaintext)  # saved before frames leave
-    payload = mgr.frame(s, ciphertext, mgr.init_flags(s.peer))
+    payload = mgr.frame(s, ciphertext, mgr.flags_for(s))
     carrier = first.message_id
     mgr.tables.add_sealed(
         SealedRow(carrier, carrier, s.peer, s.group_id, payload, now, expires_at, False)
