@@ -30,9 +30,11 @@ INITIAL_RTO = 1.0
 MIN_RTO = 0.3
 MAX_RTO = 8.0
 QUALITY_ALPHA = 0.1  # EWMA weight of one hop-by-hop outcome
-# Frames from this size on give throughput samples: below it the transmission time on any
-# link we know is lost in the RTT's noise (1 KiB on BLE at ~10 KB/s: ~0.1 s).
-LARGE_FRAME = 1024
+# Frames from this size on, sent on an idle link, give throughput samples: below it the
+# transmission time is lost in the RTT's noise (4 KiB on BLE at ~10 KB/s: ~0.4 s). Frames
+# sent behind others are not sampled: their ACK delay is queueing, ACK batching and the
+# receiver's fsync (1 KiB app messages in a burst over TCP would read as ~20 KB/s).
+LARGE_FRAME = 4096
 THROUGHPUT_ALPHA = 0.25  # EWMA weight of one throughput sample
 MIN_THROUGHPUT = 500.0  # bytes/s: a floor, so one slow sample cannot stall a link for hours
 MAX_THROUGHPUT = 1e9
@@ -62,6 +64,7 @@ class InFlight:
     tries: int = 1
     start: float = 0.0  # when it was expected to start going out (after frames before it)
     tx: float = 0.0  # its expected transmission time when sent
+    alone: bool = False  # nothing else was in flight on the link when it was sent
 
 
 class LinkStats:
@@ -158,9 +161,10 @@ class LinkReliability:
         if len(stats.inflight) >= limit:
             return False
         key = frame.dedup_key
+        alone = not stats.inflight
         start, end = stats.enqueue(len(data), now=now)
         item = InFlight(link_id, frame, data, local, upstream, now, end + stats.rto,
-                        start=start, tx=end - start)
+                        start=start, tx=end - start, alone=alone)
         stats.inflight[key] = item
         self._push(item, key)
         return True
@@ -174,13 +178,13 @@ class LinkReliability:
             return None
         if item.tries == 1:  # Karn: a retransmitted frame's ACK is ambiguous
             since_start = now - item.start
-            if len(item.data) >= LARGE_FRAME:
+            if item.alone and len(item.data) >= LARGE_FRAME:
                 stats.sample_throughput(len(item.data), since_start - (stats.srtt or 0.0))
             stats.sample(max(0.0, since_start - item.tx))
             # It went out sooner than projected: so will the frames queued behind it.
             stats.busy_until = min(stats.busy_until,
                                    now + max(0.0, stats.busy_until - item.start - item.tx))
-        elif stats.throughput is None and len(item.data) >= LARGE_FRAME:
+        elif stats.throughput is None and item.alone and len(item.data) >= LARGE_FRAME:
             # Ambiguous, but on a link thought fast a large frame needed more than an RTO:
             # seed a low estimate (bytes over all the time since its first start), which
             # first-try samples then correct. Without it a slow link with no prior would

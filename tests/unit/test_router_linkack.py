@@ -184,3 +184,14 @@ def test_ble_links_start_with_a_prior_and_a_transport_bitrate_wins() -> None:
     assert a.router.linkrel.throughput(2) == THROUGHPUT_PRIOR[LinkKind.BLE]
     a.link_changed(2, LinkInfo(LinkKind.BLE, bitrate=80_000.0), now=0.1)
     assert a.router.linkrel.throughput(2) == 10_000.0
+
+
+def test_frames_sent_behind_others_give_no_throughput_sample() -> None:
+    rel = _slow_link(throughput=10_000.0)
+    ahead, ahead_data = _frame(50, 100)
+    big, big_data = _frame(51, BIG)
+    rel.track(1, ahead, ahead_data, local=True, upstream=None, now=0.0)
+    rel.track(1, big, big_data, local=True, upstream=None, now=0.0)
+    # Its ACK is late for reasons other than the link's rate (queueing, ACK batching).
+    assert rel.acked(1, big.dedup_key, now=30.0) is not None
+    assert rel.throughput(1) == 10_000.0
