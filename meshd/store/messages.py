@@ -89,6 +89,7 @@ class Messages(EventLog):
             history_id=history_id,
             state=DeliveryState.QUEUED,
             peer=dst,
+            record=record,
         )
         assert cursor == record.cursor
         self._defer(
@@ -229,7 +230,8 @@ class Messages(EventLog):
         self._last_history_id = history_id
         self.durable_pending = True
         cursor = self.append_event(
-            app_id, AppEventKind.MESSAGE_RECEIVED, received_at, history_id=history_id, peer=src
+            app_id, AppEventKind.MESSAGE_RECEIVED, received_at, history_id=history_id, peer=src,
+            record=record,
         )
         assert cursor == record.cursor
         return record
@@ -262,7 +264,7 @@ class Messages(EventLog):
         self._last_history_id = history_id
         got = self.append_event(app_id, AppEventKind.DELIVERY_STATE, created_at,
                                 history_id=history_id, state=DeliveryState.QUEUED,
-                                peer=sender)  # fmt: skip
+                                peer=sender, record=record)  # fmt: skip
         assert got == cursor
         return record
 
@@ -273,6 +275,7 @@ class Messages(EventLog):
             "WHERE direction = 'incoming' AND peer = ? AND message_id = ?",
             (group_id, src.raw, message_id),
         )
+        self._tail_set_group(src, message_id, group_id)
 
     # --- history -------------------------------------------------------------------
     def history(
