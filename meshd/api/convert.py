@@ -66,6 +66,13 @@ def timestamp(unix: float) -> Timestamp:
     return Timestamp(seconds=seconds, nanos=nanos)
 
 
+def set_timestamp(out: Timestamp, unix: float) -> None:
+    """``timestamp`` written into a field in place (no Timestamp built and copied)."""
+    seconds = math.floor(unix)
+    out.seconds = seconds
+    out.nanos = min(round((unix - seconds) * 1e9), 999_999_999)
+
+
 # --- requests -----------------------------------------------------------------------
 
 
@@ -176,24 +183,34 @@ def delivery_state(state: DeliveryState | None) -> mpb.DeliveryState.ValueType:
 
 
 def message(m: MessageRecord) -> mpb.Message:
-    msg = mpb.Message(
-        message_id=m.message_id.hex(),
-        direction=(
-            mpb.DIRECTION_OUTGOING if m.direction is Direction.OUTGOING
-            else mpb.DIRECTION_INCOMING
-        ),
-        peer=address_text(m.peer),
-        payload=m.payload,
-        created_at=timestamp(m.created_at),
-        state=delivery_state(m.state),
-        reason=m.reason or "",
-        app_id=m.app_id,
-        cursor=m.cursor or 0,
-        group_id=m.group_id.hex() if m.group_id is not None else "",
-    )  # fmt: skip
+    msg = mpb.Message()
+    _fill_message(msg, m)
+    return msg
+
+
+def _fill_message(msg: mpb.Message, m: MessageRecord) -> None:
+    """Set ``msg``'s fields from ``m`` in place: an event's message is built inside the
+    event instead of built apart and copied in (CopyFrom of a 1 KiB message plus the
+    Timestamp objects were half of ``event``'s ~9 us per received message)."""
+    msg.message_id = m.message_id.hex()
+    if m.direction is Direction.OUTGOING:
+        msg.direction = mpb.DIRECTION_OUTGOING
+    else:
+        msg.direction = mpb.DIRECTION_INCOMING
+    msg.peer = address_text(m.peer)
+    msg.payload = m.payload
+    set_timestamp(msg.created_at, m.created_at)
+    if m.state is not None:
+        msg.state = _STATES[m.state]
+    if m.reason:
+        msg.reason = m.reason
+    msg.app_id = m.app_id
+    if m.cursor:
+        msg.cursor = m.cursor
+    if m.group_id is not None:
+        msg.group_id = m.group_id.hex()
     if m.hops is not None:
         msg.hops = m.hops
-    return msg
 
 
 _SESSION_EVENTS = {
@@ -221,22 +238,26 @@ _GROUP_EVENTS = {
 
 
 def event(e: AppEvent) -> mpb.Event:
-    out = mpb.Event(cursor=e.cursor, at=timestamp(e.at))
-    peer = address_text(e.peer) if e.peer is not None else ""
-    if e.kind is AppEventKind.MESSAGE_RECEIVED:
+    out = mpb.Event(cursor=e.cursor)
+    set_timestamp(out.at, e.at)
+    if e.kind is AppEventKind.MESSAGE_RECEIVED:  # the hot one: no peer text needed
         if e.message is not None:
-            out.message_received.message.CopyFrom(message(e.message))
+            _fill_message(out.message_received.message, e.message)
         else:
             out.message_received.SetInParent()
-    elif e.kind is AppEventKind.DELIVERY_STATE:
+        return out
+    if e.kind is AppEventKind.DELIVERY_STATE:  # the sender's hot one
         m = e.message
-        out.delivery_state.SetInParent()
+        ds = out.delivery_state
+        ds.SetInParent()
         if m is not None:
-            out.delivery_state.message_id = m.message_id.hex()
-            out.delivery_state.dst = address_text(m.peer)
-            out.delivery_state.state = delivery_state(m.state)
-            out.delivery_state.reason = m.reason or e.detail
-    elif e.kind is AppEventKind.NEIGHBOUR_UP:
+            ds.message_id = m.message_id.hex()
+            ds.dst = address_text(m.peer)
+            ds.state = delivery_state(m.state)
+            ds.reason = m.reason or e.detail
+        return out
+    peer = address_text(e.peer) if e.peer is not None else ""
+    if e.kind is AppEventKind.NEIGHBOUR_UP:
         out.neighbour_up.peer, out.neighbour_up.detail = peer, e.detail
         out.neighbour_up.SetInParent()
     elif e.kind is AppEventKind.NEIGHBOUR_DOWN:

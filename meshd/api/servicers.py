@@ -166,9 +166,10 @@ class MessagingServicer(mgrpc.MessagingServiceServicer):
 
 
 def _sent(record: MessageRecord) -> mpb.SendMessageResponse:
-    return mpb.SendMessageResponse(
+    out = mpb.SendMessageResponse(
         message_id=record.message_id.hex(),
         state=convert.delivery_state(record.state),
-        created_at=convert.timestamp(record.created_at),
         cursor=record.cursor or 0,
     )
+    convert.set_timestamp(out.created_at, record.created_at)  # no Timestamp copied in
+    return out

@@ -166,3 +166,24 @@ def test_session_events_convert() -> None:
         assert out.WhichOneof("kind") == "session"
         assert (out.session.peer, out.session.detail) == (A.text, "incoming")
         assert mpb.SessionEventKind.Name(out.session.kind).endswith(kind.name)
+
+
+def test_received_event_is_built_field_for_field() -> None:
+    """The message is filled in place inside the event: the same Event as built from
+    parts (created_at present even at the epoch, hops kept when 0, the group id)."""
+    rec = _record(direction=Direction.INCOMING, peer=A, state=None, hops=0, cursor=9,
+                  created_at=0.0, group_id=b"\xab")  # fmt: skip
+    got = convert.event(AppEvent(9, AppEventKind.MESSAGE_RECEIVED, 1.5, message=rec))
+    want = mpb.Event(
+        cursor=9,
+        at=convert.timestamp(1.5),
+        message_received=mpb.MessageReceived(message=mpb.Message(
+            message_id=rec.message_id.hex(), direction=mpb.DIRECTION_INCOMING, peer=A.text,
+            payload=rec.payload, created_at=convert.timestamp(0.0), app_id=rec.app_id,
+            cursor=9, group_id="ab", hops=0,
+        )),
+    )  # fmt: skip
+    assert got == want
+    assert got.message_received.message.HasField("created_at")
+    assert got.message_received.message.HasField("hops")
+    assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
