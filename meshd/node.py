@@ -30,22 +30,19 @@ from meshd import __version__
 from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity
 from meshd.crypto.mls.mlsrs import MlsRsEngine
-from meshd.e2e.kinds import PayloadFamily, family_of
 from meshd.e2e.requests import AcceptFrom
-from meshd.envelope import decode_envelope
 from meshd.errors import (
-    MeshdError,
     StoreError,
     Unavailable,
 )
 from meshd.identity_service import IdentityService
 from meshd.node_api import (
-    AppEventKind,
     Caller,
     ContactInfo,
     IdentityInfo,
     NodeStatus,
 )
+from meshd.node_events import CoreEventSink
 from meshd.node_groups import GroupMessages
 from meshd.node_messages import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
 from meshd.node_messages import MAX_LIFETIME_S as MAX_LIFETIME_S
@@ -53,19 +50,7 @@ from meshd.node_messages import AppMessages
 from meshd.node_sessions import SessionMessages
 from meshd.router.core import CoreConfig, MeshCore
 from meshd.router.events import (
-    CoreEvent,
-    CustodyReleased,
-    CustodyTaken,
-    DeliveryState,
-    DeliveryStateChanged,
-    FrameRejected,
-    LinkAdviceChanged,
     LinkId,
-    MessageReceived,
-    NeighbourDown,
-    NeighbourUp,
-    PathChanged,
-    PeerIdentityLearned,
 )
 from meshd.router.types import NeighbourInfo, OutboxEntry, RouteInfo
 from meshd.sendwindow import SendWindow
@@ -102,7 +87,7 @@ class _TransportEvents:
         self._node._link_down(link_id)
 
 
-class Node(AppMessages, SessionMessages, GroupMessages):
+class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
     """One mesh node. Several may run in one process (tests): no shared state."""
 
     def __init__(
@@ -484,118 +469,6 @@ class Node(AppMessages, SessionMessages, GroupMessages):
         except Exception:  # keep the node alive; the next event re-arms the timer
             self.log.exception("core_timer_failed")
         self._pump()
-
-    def _handle_event(self, event: CoreEvent, wall: float) -> None:
-        """Persist one core event (and what apps should see of it)."""
-        store = self.store
-        if isinstance(event, MessageReceived):
-            self._message_received(event, wall)
-            return
-        if isinstance(event, DeliveryStateChanged):
-            if self._groups_delivery(event, wall):  # a group payload (meshd/node_groups.py)
-                return
-            mapped = self._sessions_delivery(event)  # re-send carriers -> app message ids
-            if mapped is None:
-                return
-            event = mapped
-            if event.state is DeliveryState.SENT:
-                self._window.sent(event.dst, event.message_id)
-            else:
-                self._window.left(event.dst, event.message_id)
-            store.set_outgoing_state(
-                event.message_id, event.state, event.reason, at=wall
-            )
-            if self._debug:
-                self.log.debug(
-                    "delivery_state",
-                    message_id=event.message_id.hex(),
-                    peer=event.dst.short,
-                    state=event.state.value,
-                    reason=event.reason,
-                )
-            return
-        if isinstance(event, CustodyTaken | CustodyReleased):
-            self._router_state.on_custody_event(event, wall=wall, offset=self._wall_offset())
-            return
-        if isinstance(event, NeighbourUp | NeighbourDown):
-            up = isinstance(event, NeighbourUp)
-            kind = AppEventKind.NEIGHBOUR_UP if up else AppEventKind.NEIGHBOUR_DOWN
-            entry = self._links.get(event.link_id)
-            detail = entry[0].description if entry else ""
-            store.append_event(None, kind, wall, peer=event.peer, detail=detail)
-            self.log.info("neighbour_up" if up else "neighbour_down", peer=event.peer.short)
-            return
-        if isinstance(event, PathChanged):
-            if event.next_hop is None:
-                if self._running:  # not lost to our own stop: kept as a hint for the restart
-                    store.delete_path(event.dst)
-                detail = "lost"
-            else:
-                store.set_path(event.dst, event.next_hop, event.hops, event.cost, now=wall)
-                detail = f"via {event.next_hop.text} hops={event.hops} cost={event.cost:.3g}"
-            store.append_event(None, AppEventKind.PATH_CHANGED, wall, peer=event.dst, detail=detail)
-            if self._debug:
-                self.log.debug("path_changed", peer=event.dst.short, detail=detail)
-            return
-        if isinstance(event, PeerIdentityLearned):
-            store.upsert_peer(event.identity, now=wall)
-            self.trust.observe(event.address, event.identity, wall=wall)
-            self._sessions_peer_learned(event, wall)
-            return
-        if isinstance(event, LinkAdviceChanged):
-            entry = self._links.get(event.link_id)
-            if entry is not None:
-                entry[1].advise(event.link_id, event.keep)
-            return
-        if isinstance(event, FrameRejected):
-            entry = self._links.get(event.link_id)
-            self.log.warning(
-                "frame_rejected",
-                link=event.link_id,
-                peer=entry[0].peer.address.short if entry else None,
-                reason=event.reason,
-            )
-
-    def _message_received(self, event: MessageReceived, wall: float) -> None:
-        family = family_of(event.payload)
-        if family is PayloadFamily.SESSION:
-            self._session_payload(event, wall)
-            return
-        if family is PayloadFamily.GROUP:
-            self._group_payload(event, wall)
-            return
-        if family is PayloadFamily.PLAINTEXT:  # user messages must be end-to-end encrypted
-            self._sessions_plaintext(event, wall)
-            return
-        try:
-            env = decode_envelope(event.payload)
-        except MeshdError as exc:
-            # The core has acknowledged it; there is no app to give it to. Say so loudly.
-            self.log.warning(
-                "message_unreadable",
-                peer=event.src.short,
-                message_id=event.message_id.hex(),
-                error=str(exc),
-            )
-            return
-        record = self.store.add_incoming(
-            message_id=event.message_id,
-            app_id=env.app_id,
-            src=event.src,
-            content=env.content,
-            received_at=wall,
-            # The core counts relays passed (frame header); apps get links travelled, the
-            # same unit as RouteInfo.hops: a direct neighbour's message took 1 hop.
-            hops=event.hops + 1,
-        )
-        if self._debug:
-            self.log.debug(
-                "message_received" if record else "message_duplicate",
-                peer=event.src.short,
-                message_id=event.message_id.hex(),
-                app=env.app_id,
-                hops=event.hops,
-            )
 
     async def _durable(self) -> None:
         """Wait until every write so far is committed (the next pump)."""

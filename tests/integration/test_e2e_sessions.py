@@ -117,6 +117,24 @@ async def test_plaintext_payload_is_refused(tmp_path: Path) -> None:
         await b.stop()
 
 
+async def test_unknown_payload_kind_is_dropped_and_the_node_goes_on(tmp_path: Path) -> None:
+    a, ta = open_node(tmp_path, "a", 1)
+    b, tb = open_node(tmp_path, "b", 2)
+    connect(ta, tb)
+    await a.start()
+    await b.start()
+    try:
+        junk_id = b"\x30" * 8
+        a.core.send(b.address, b"\x30 no layer owns this kind", now=a._now(), message_id=junk_id)
+        a._schedule_pump()
+        await until(lambda: not any(e.message_id == junk_id for e in a.core.outbox()))
+        await a.send_message(CHAT, b.address, b"still talking", lifetime_s=None)
+        await until(lambda: inbox(b, a) == [b"still talking"])
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 async def test_first_message_waits_for_key_package_and_survives_restart(tmp_path: Path) -> None:
     """No link yet: the message waits (stored) for B's key package, across a restart."""
     a, ta = open_node(tmp_path, "a", 1)
