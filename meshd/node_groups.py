@@ -238,8 +238,12 @@ class GroupMessages:
             except MeshdError:
                 self.log.warning("group_message_bad_app", peer=ev.sender.short)
                 return
-            record = store.add_incoming(message_id=ev.message_id, app_id=app_id, src=ev.sender,
-                                        content=ev.content, received_at=wall, hops=0)  # fmt: skip
+            # hops=None: a group message may come by catch-up or be replayed after a
+            # Welcome, so the carrying frame's hop count says nothing reliable about it.
+            record = store.add_incoming(
+                message_id=ev.message_id, app_id=app_id, src=ev.sender,
+                content=ev.content, received_at=wall, hops=None,
+            )  # fmt: skip
             if record is not None:
                 store.set_group_id(ev.sender, ev.message_id, ev.group_id)
                 assert self._gm_tables is not None

@@ -196,7 +196,7 @@ class Messages(EventLog):
         src: NodeAddress,
         content: bytes,
         received_at: float,
-        hops: int,
+        hops: int | None,
     ) -> MessageRecord | None:
         """History row + MESSAGE_RECEIVED event; None when this (src, id) was stored before
         (a retransmission after a restart: delivered to the app once only)."""

@@ -79,7 +79,8 @@ async def test_group_over_two_hops_with_roles_and_removal(tmp_path: Path) -> Non
             for e in z.store.events_after("chat", 0, limit=1000)
             if e.kind is AppEventKind.MESSAGE_RECEIVED and e.message is not None
         ]
-        assert [(m.payload, m.group_id) for m in received] == [(b"hello team", gid)]
+        # Hops unknown: a group message may come by catch-up or be replayed after a Welcome.
+        assert [(m.payload, m.group_id, m.hops) for m in received] == [(b"hello team", gid, None)]
         with pytest.raises(PermissionDenied):
             await z.remove_from_group(CHAT, gid, [y.address])
         await x.set_group_role(CHAT, gid, y.address, Role.ADMIN)
