@@ -78,8 +78,14 @@ def test_members_converge_after_any_history(script: list[tuple[str, str, str]], 
         rosters = {tuple(sorted(net.peers[n].mgr.state(gid).view.roles.items())) for n in NAMES}
         assert len(rosters) == 1
         net.send("b", gid, b"final")
-        net.run(3.0)
-        assert all(net.peers[n].texts(gid)[-1:] == [b"final"] for n in "acd")
+        # Lost copies are retransmitted after 0.5-1.5 s each time (10 % loss), so a copy can
+        # take several seconds (seed 561: > 3 s), and a late "talk" may land after "final":
+        # the property is that everyone reads it, not when or in which order.
+        for _ in range(30):
+            net.run(1.0)
+            if all(b"final" in net.peers[n].texts(gid) for n in "acd"):
+                break
+        assert all(b"final" in net.peers[n].texts(gid) for n in "acd")
         net.close()
 
 
