@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from meshd.address import NodeAddress
@@ -69,6 +70,21 @@ class RejectReason(enum.IntEnum):
     EXPIRED = 3  # it waited too long
 
 
+class _SignedControl(ABC):
+    """A control payload whose encoding is ``body()`` followed by the signature trailer."""
+
+    __slots__ = ()
+    auth: bytes
+
+    @abstractmethod
+    def body(self) -> bytes:
+        """The payload without the signature trailer (what the signature covers)."""
+
+    def encode(self) -> bytes:
+        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
+        return self.body() + self.auth
+
+
 @dataclass(frozen=True, slots=True)
 class SessionApp:
     """0x10: kind | MLS application message (to the end)."""
@@ -106,15 +122,11 @@ class SessionInit:
 
 
 @dataclass(frozen=True, slots=True)
-class KpRequest:
+class KpRequest(_SignedControl):
     """0x12: kind | request_id (8) | auth. The receiver answers with a fresh key package."""
 
     request_id: bytes
     auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
-
-    def encode(self) -> bytes:
-        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
-        return self.body() + self.auth
 
     def body(self) -> bytes:
         """The payload without the signature trailer (what the signature covers)."""
@@ -123,16 +135,12 @@ class KpRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class KpResponse:
+class KpResponse(_SignedControl):
     """0x13: kind | request_id (8) | key_package (MLSMessage) | auth (last 96 bytes)."""
 
     request_id: bytes
     key_package: bytes
     auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
-
-    def encode(self) -> bytes:
-        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
-        return self.body() + self.auth
 
     def body(self) -> bytes:
         """The payload without the signature trailer (what the signature covers)."""
@@ -142,7 +150,7 @@ class KpResponse:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionReset:
+class SessionReset(_SignedControl):
     """0x14: kind | reason u8 | gid_len u8 | group_id | key_package | auth (last 96).
 
     The receiver cannot use the group: the sender drops it, builds a new one from the
@@ -153,10 +161,6 @@ class SessionReset:
     group_id: bytes
     key_package: bytes
     auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
-
-    def encode(self) -> bytes:
-        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
-        return self.body() + self.auth
 
     def body(self) -> bytes:
         """The payload without the signature trailer (what the signature covers)."""
@@ -187,16 +191,12 @@ class ConnAccept:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnReject:
+class ConnReject(_SignedControl):
     """0x16: kind | reason u8 | gid_len u8 | group_id | auth."""
 
     reason: RejectReason
     group_id: bytes
     auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
-
-    def encode(self) -> bytes:
-        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
-        return self.body() + self.auth
 
     def body(self) -> bytes:
         """The payload without the signature trailer (what the signature covers)."""
@@ -205,15 +205,11 @@ class ConnReject:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnCancel:
+class ConnCancel(_SignedControl):
     """0x17: kind | gid_len u8 | group_id | auth. The requester withdraws its request."""
 
     group_id: bytes
     auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
-
-    def encode(self) -> bytes:
-        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
-        return self.body() + self.auth
 
     def body(self) -> bytes:
         """The payload without the signature trailer (what the signature covers)."""
@@ -222,17 +218,13 @@ class ConnCancel:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnHeld:
+class ConnHeld(_SignedControl):
     """0x19: kind | gid_len u8 | group_id | auth. The receiver holds what the sender sent
     in that group, unopened, as an incoming connection request (its policy is contacts
     only): delivered to the node, not to an app, until it accepts."""
 
     group_id: bytes
     auth: bytes = b""  # signer key · signature (AUTH_LEN), see control_signed_bytes
-
-    def encode(self) -> bytes:
-        _check(self.auth, AUTH_LEN, AUTH_LEN, "auth")
-        return self.body() + self.auth
 
     def body(self) -> bytes:
         """The payload without the signature trailer (what the signature covers)."""
