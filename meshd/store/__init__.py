@@ -2,10 +2,9 @@
 
 from meshd.store.store import (
     Store,
-    StoredCustody,
     StoredOutbox,
     StoredPath,
     StoredPeer,
 )
 
-__all__ = ["Store", "StoredCustody", "StoredOutbox", "StoredPath", "StoredPeer"]
+__all__ = ["Store", "StoredOutbox", "StoredPath", "StoredPeer"]

@@ -241,6 +241,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX custody_frames_until ON custody_frames (hold_until);
     """,
+    # 8 -> 9: the first custody table (keyed by frame id alone) was never written by the
+    # daemon; custody_frames replaced it.
+    """
+    DROP TABLE IF EXISTS custody;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # PRAGMA quick_check reads the whole file: ~120 ms for 160 MB here. Up to this size it runs

@@ -48,15 +48,6 @@ class StoredPath:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class StoredCustody:
-    frame_id: bytes
-    dst: NodeAddress
-    frame: bytes
-    received_at: float
-    expires_at: float
-
-
 class Store(Messages):
     """Typed access to the state database. Not thread-safe: event-loop thread only."""
 
@@ -151,27 +142,4 @@ class Store(Messages):
             except MeshdError as exc:
                 raise StoreError(f"paths row {_hex(row[0])}: {exc}") from exc
             out.append(StoredPath(dst, nh, int(row[2]), float(row[3]), float(row[4])))
-        return out
-
-    def put_custody(self, item: StoredCustody) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO custody (frame_id, dst, frame, received_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (item.frame_id, item.dst.raw, item.frame, item.received_at, item.expires_at),
-        )
-
-    def delete_custody(self, frame_id: bytes) -> None:
-        self._write("DELETE FROM custody WHERE frame_id = ?", (frame_id,))
-
-    def custody(self) -> list[StoredCustody]:
-        out: list[StoredCustody] = []
-        for row in self._read(
-            "SELECT frame_id, dst, frame, received_at, expires_at FROM custody "
-            "ORDER BY received_at"
-        ):
-            try:
-                dst = NodeAddress(bytes(row[1]))
-            except MeshdError as exc:
-                raise StoreError(f"custody row {_hex(row[0])}: {exc}") from exc
-            out.append(StoredCustody(bytes(row[0]), dst, bytes(row[2]), row[3], row[4]))
         return out

@@ -103,3 +103,13 @@ def test_custodian_reports_expiry() -> None:
     r.poll(now=11.0, can_route=never)
     assert [e for e in drain(r) if isinstance(e, CustodyReleased)] == [
         CustodyReleased(a.address, mid, "expired")]
+
+
+def test_only_the_keyed_custody_table_exists(tmp_path: Path) -> None:
+    """Migration 9 dropped the first custody table (keyed by frame id alone, never used)."""
+    store = Store.open(tmp_path / "state.db")
+    try:
+        names = {r[0] for r in store._read("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        store.close()
+    assert "custody_frames" in names and "custody" not in names

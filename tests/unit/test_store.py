@@ -1,4 +1,4 @@
-"""The SQLite store: outbox, history, event log, retention, peers/paths/custody, errors."""
+"""The SQLite store: outbox, history, event log, retention, peers/paths, errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from meshd.envelope import Envelope
 from meshd.errors import FailedPrecondition, StoreError
 from meshd.node_api import AppEventKind, Direction, MessageRecord
 from meshd.router.events import DeliveryState
-from meshd.store import Store, StoredCustody
+from meshd.store import Store
 from meshd.store.schema import SCHEMA_VERSION
 from meshd.store.statedir import StateLock, ensure_state_dir, load_or_create_identity
 
@@ -174,7 +174,7 @@ def test_apps_ownership(store: Store) -> None:
     assert store.app_owner("chat") == 1000
 
 
-def test_peers_paths_custody(store: Store) -> None:
+def test_peers_and_paths(store: Store) -> None:
     ident = Identity.from_seed(bytes(range(64))).public
     store.upsert_peer(ident, now=1.0, endpoint="tcp 1.2.3.4:4717")
     store.upsert_peer(ident, now=5.0)
@@ -186,10 +186,6 @@ def test_peers_paths_custody(store: Store) -> None:
     assert [(p.dst, p.hops) for p in store.paths()] == [(A, 3)]
     store.delete_path(A)
     assert store.paths() == []
-    store.put_custody(StoredCustody(b"f" * 8, A, b"frame", 1.0, 9.0))
-    assert [c.frame for c in store.custody()] == [b"frame"]
-    store.delete_custody(b"f" * 8)
-    assert store.custody() == []
 
 
 def test_bad_outbox_row_is_reported_and_kept(store: Store) -> None:
