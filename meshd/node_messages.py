@@ -46,6 +46,9 @@ class AppMessages:
     _subscribers: set[asyncio.Event]
     _running: bool
     _closed: bool
+    _sends_waiting: int
+    _sends_peak: int
+    _last_send_at: float
 
     if TYPE_CHECKING:
 
@@ -134,7 +137,13 @@ class AppMessages:
             created_at=created,
             expires_at=created + lifetime,
         )
-        await self._durable()
+        self._sends_waiting += 1
+        self._last_send_at = self._now()
+        self._sends_peak = max(self._sends_peak, self._sends_waiting)
+        try:
+            await self._durable()
+        finally:
+            self._sends_waiting -= 1
         if self._debug:
             self.log.debug(
                 "message_queued", message_id=message_id.hex(), peer=dst.short, app=app_id
