@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,18 @@ async def run(cfg: Config, *, notifier: SdNotifier | None = None) -> int:
     return 0
 
 
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run the daemon on uvloop (libuv), unless MESHD_EVENT_LOOP=asyncio. Measured with
+    two daemons (1 KiB messages, 16 unary callers, alternating runs): 1-hop latency p50
+    -0.3..-0.7 ms and ~10 % less CPU per message; the sockets (the API relay, the links)
+    and the loop's own bookkeeping are most of what it saves."""
+    if os.environ.get("MESHD_EVENT_LOOP", "uvloop") != "asyncio":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(argv)
@@ -210,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_process_logging(level=cfg.log_level, fmt=cfg.log_format)
     try:
-        return asyncio.run(run(cfg))
+        return _run_loop(run(cfg))
     except MeshdError as exc:
         print(f"meshd: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -154,7 +154,8 @@ class InetLink(asyncio.Protocol, Link):
 
     # --- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's are not asyncio.Transport subclasses).
+        transport = cast(asyncio.Transport, transport)
         self._tp = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
