@@ -7,8 +7,9 @@ Measures, in one run:
   unary calls, sequential and 8 concurrent;
 - two daemons on loopback (``--listen``/``--peer 127.0.0.1``, ``--no-discovery``):
   end-to-end throughput (sent through a's API by several concurrent unary callers, and
-  again on one SendMessages stream, counted when delivered on b's Subscribe stream),
-  latency at low load over 1 hop (send → b's
+  again on one SendMessages stream, counted when delivered on b's Subscribe stream, read
+  by a second app process as it would be on b's machine), latency at low load over 1 hop
+  (send → b's
   message_received event) and the sender's DELIVERED event latency over 1 hop, idle RSS,
   start → READY (first start, which creates the identity, and a restart);
 - latency over 3 hops in network namespaces (a-b-c-d, discovery, no forwarding) when run
@@ -117,26 +118,30 @@ class _Stream:
     """One daemon's Subscribe stream: when each payload seq arrived, when each id was
     DELIVERED (events may come before the sender even has the id)."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, cursors: dict[int, int]) -> None:
+        # From the last event an earlier stream on this daemon saw (``cursors``: id of
+        # the channel -> cursor): without it every phase first replayed the earlier
+        # phases' events while it was being measured.
+        after = cursors.get(id(channel))
         self._call = mgrpc.MessagingServiceStub(channel).Subscribe(
-            mpb.SubscribeRequest(), metadata=APP
+            mpb.SubscribeRequest(after_cursor=after), metadata=APP
         )
+        self._cursors = cursors
+        self._key = id(channel)
         self.received: dict[int, float] = {}
         self.delivered: dict[str, float] = {}
-        self.count_from = 0  # ``counted``: distinct seqs >= this (O(1) for the burst)
-        self.counted = 0
         self._changed = asyncio.Event()
         self._task = asyncio.ensure_future(self._pump())
 
     async def _pump(self) -> None:
         async for event in self._call:
             now = time.perf_counter()
+            self._cursors[self._key] = event.cursor
             kind = event.WhichOneof("kind")
             if kind == "message_received":
                 head = event.message_received.message.payload[:10]
                 if head.isdigit() and int(head) not in self.received:
                     self.received[int(head)] = now
-                    self.counted += int(head) >= self.count_from
             elif kind == "delivery_state" and event.delivery_state.state == (
                 mpb.DELIVERY_STATE_DELIVERED
             ):
@@ -177,12 +182,18 @@ async def _address(channel: grpc.aio.Channel) -> str:
 
 
 async def latency(
-    src: grpc.aio.Channel, dst: grpc.aio.Channel, samples: int, *, seq0: int, within: float = 30
+    src: grpc.aio.Channel,
+    dst: grpc.aio.Channel,
+    samples: int,
+    *,
+    seq0: int,
+    cursors: dict[int, int],
+    within: float = 30,
 ) -> tuple[list[float], list[float]]:
     """Sequential sends: (send → receiver's event, send → sender's DELIVERED event)."""
     dst_addr = await _address(dst)
     send = mgrpc.MessagingServiceStub(src).SendMessage
-    rx, tx = _Stream(dst), _Stream(src)
+    rx, tx = _Stream(dst, cursors), _Stream(src, cursors)
     arrive: list[float] = []
     acked: list[float] = []
     try:
@@ -203,71 +214,129 @@ async def latency(
     return arrive, acked
 
 
+class _Receiver:
+    """The receiving app: a separate process on b's Subscribe stream (``--subscriber``)
+    that reports when the ``total``-th distinct payload seq >= ``seq0`` arrived. Apart,
+    as the apps on two machines are: in the sending process its event parsing sat
+    between the sender's replies and next calls and cost the unary rate 10-25 % (and
+    ~0.1 ms/msg of CPU) on this 2-core box."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @classmethod
+    async def start(cls, socket_path: Path, after: int | None, seq0: int, total: int) -> _Receiver:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--subscriber", str(socket_path),
+            str(-1 if after is None else after), str(seq0), str(total),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if (await proc.stdout.readline()).strip() != b"ready":
+            proc.kill()
+            raise RuntimeError("the subscriber did not start")
+        await asyncio.sleep(0.2)  # the stream is open before the first send
+        return cls(proc)
+
+    async def result(self, within: float) -> dict[str, Any]:
+        """{"last_at": time.monotonic() of the last arrival, "cursor", "cpu_ms_per_msg"}."""
+        assert self._proc.stdout is not None
+        try:
+            async with asyncio.timeout(within):
+                line = await self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the subscriber ended without a result")
+            return dict(json.loads(line))
+        finally:
+            if self._proc.returncode is None:
+                self._proc.kill()
+            await self._proc.wait()
+
+
+async def _subscriber(socket_path: str, after: int, seq0: int, total: int) -> None:
+    async with grpc.aio.insecure_channel(f"unix:{socket_path}") as channel:
+        request = mpb.SubscribeRequest(after_cursor=after) if after >= 0 else mpb.SubscribeRequest()
+        call = mgrpc.MessagingServiceStub(channel).Subscribe(request, metadata=APP)
+        print("ready", flush=True)
+        seen: set[int] = set()
+        cpu0 = time.process_time()
+        async for event in call:
+            if event.WhichOneof("kind") != "message_received":
+                continue
+            head = event.message_received.message.payload[:10]
+            if head.isdigit() and int(head) >= seq0:
+                seen.add(int(head))
+                if len(seen) >= total:
+                    cpu = (time.process_time() - cpu0) * 1e3 / total
+                    print(json.dumps({"last_at": time.monotonic(), "cursor": event.cursor,
+                                      "cpu_ms_per_msg": round(cpu, 3)}), flush=True)  # fmt: skip
+                    return
+
+
 async def throughput(
-    src: grpc.aio.Channel, dst: grpc.aio.Channel, total: int, callers: int, *, seq0: int
-) -> dict[str, float]:
+    src: grpc.aio.Channel,
+    dst: grpc.aio.Channel,
+    receiver: _Receiver,
+    total: int,
+    callers: int,
+    *,
+    seq0: int,
+) -> dict[str, Any]:
+    """``callers`` concurrent unary SendMessage callers on ``src``, ``total`` messages;
+    counted when ``receiver`` (on ``dst``, started with the same ``seq0``) has them all."""
     dst_addr = await _address(dst)
     send = mgrpc.MessagingServiceStub(src).SendMessage
-    rx = _Stream(dst)
-    rx.count_from = seq0
-    await asyncio.sleep(0.2)  # the stream is open before the first send
     next_seq = seq0
-    try:
-        t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
 
-        async def caller() -> None:
-            nonlocal next_seq
-            while next_seq < seq0 + total:
-                seq, next_seq = next_seq, next_seq + 1
-                await send(
-                    mpb.SendMessageRequest(dst=dst_addr, payload=_payload(seq)), metadata=APP
-                )
+    async def caller() -> None:
+        nonlocal next_seq
+        while next_seq < seq0 + total:
+            seq, next_seq = next_seq, next_seq + 1
+            await send(mpb.SendMessageRequest(dst=dst_addr, payload=_payload(seq)), metadata=APP)
 
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        accepted_s = time.perf_counter() - t0
-        wanted = range(seq0, seq0 + total)
-        await rx.until(lambda: rx.counted >= total, 120)
-        delivered_s = max(rx.received[s] for s in wanted) - t0
-    finally:
-        await rx.close()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    accepted_s = time.monotonic() - t0
+    sender_cpu = (time.process_time() - cpu0) * 1e3 / total
+    got = await receiver.result(120)
     return {
         "messages": total,
         "callers": callers,
         "accepted_per_s": round(total / accepted_s),
-        "delivered_per_s": round(total / delivered_s),
+        "delivered_per_s": round(total / (got["last_at"] - t0)),
+        "app_cpu_ms_per_msg": {"sender": round(sender_cpu, 3), "receiver": got["cpu_ms_per_msg"]},
+        "cursor": got["cursor"],
     }
 
 
 async def throughput_stream(
-    src: grpc.aio.Channel, dst: grpc.aio.Channel, total: int, *, seq0: int
-) -> dict[str, float]:
+    src: grpc.aio.Channel, dst: grpc.aio.Channel, receiver: _Receiver, total: int, *, seq0: int
+) -> dict[str, Any]:
     """As ``throughput``, with every message on one SendMessages stream (many in flight)."""
     dst_addr = await _address(dst)
-    rx = _Stream(dst)
-    rx.count_from = seq0
-    await asyncio.sleep(0.2)
 
     async def requests() -> Any:
         for seq in range(seq0, seq0 + total):
             yield mpb.SendMessageRequest(dst=dst_addr, payload=_payload(seq))
 
-    try:
-        t0 = time.perf_counter()
-        refused = 0
-        async for resp in mgrpc.MessagingServiceStub(src).SendMessages(requests(), metadata=APP):
-            refused += bool(resp.error_code)
-        accepted_s = time.perf_counter() - t0
-        if refused:
-            raise RuntimeError(f"SendMessages refused {refused} of {total} messages")
-        await rx.until(lambda: rx.counted >= total, 120)
-        delivered_s = max(rx.received[s] for s in range(seq0, seq0 + total)) - t0
-    finally:
-        await rx.close()
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    refused = 0
+    async for resp in mgrpc.MessagingServiceStub(src).SendMessages(requests(), metadata=APP):
+        refused += bool(resp.error_code)
+    accepted_s = time.monotonic() - t0
+    sender_cpu = (time.process_time() - cpu0) * 1e3 / total
+    if refused:
+        raise RuntimeError(f"SendMessages refused {refused} of {total} messages")
+    got = await receiver.result(120)
     return {
         "messages": total,
         "streams": 1,
         "accepted_per_s": round(total / accepted_s),
-        "delivered_per_s": round(total / delivered_s),
+        "delivered_per_s": round(total / (got["last_at"] - t0)),
+        "app_cpu_ms_per_msg": {"sender": round(sender_cpu, 3), "receiver": got["cpu_ms_per_msg"]},
+        "cursor": got["cursor"],
     }
 
 
@@ -325,27 +394,29 @@ async def loopback(
             await _wait_neighbour(ca, 30)
             await asyncio.sleep(args.idle)
             out["rss_mb"] = {"idle": round(max(a.rss_kib(), b.rss_kib()) / 1024, 1)}
-            await latency(ca, cb, 5, seq0=0)  # warm-up: paths, imports, caches
-            arrive, acked = await latency(ca, cb, args.samples, seq0=100)
+            cursors: dict[int, int] = {}
+            await latency(ca, cb, 5, seq0=0, cursors=cursors)  # warm-up: paths, caches
+            arrive, acked = await latency(ca, cb, args.samples, seq0=100, cursors=cursors)
             out["latency_1hop_ms"] = _ms(arrive)
             out["delivered_event_1hop_ms"] = _ms(acked)
-            cpu0 = (_cpu_seconds(a.pid), _cpu_seconds(b.pid))
-            out["throughput"] = await throughput(ca, cb, args.messages, args.callers, seq0=10**6)
             # CPU per message is steadier than msg/s on this shared 2-core box (the rate
             # moves +-30 % with the other load; this much less) and says which daemon
             # bounds the rate.
-            out["throughput"]["cpu_ms_per_msg"] = {
-                name: round((_cpu_seconds(d.pid) - c) * 1e3 / args.messages, 3)
-                for name, d, c in (("a", a, cpu0[0]), ("b", b, cpu0[1]))
-            }
-            cpu0 = (_cpu_seconds(a.pid), _cpu_seconds(b.pid))
-            out["throughput_stream"] = await throughput_stream(
-                ca, cb, args.messages, seq0=2 * 10**6
-            )
-            out["throughput_stream"]["cpu_ms_per_msg"] = {
-                name: round((_cpu_seconds(d.pid) - c) * 1e3 / args.messages, 3)
-                for name, d, c in (("a", a, cpu0[0]), ("b", b, cpu0[1]))
-            }
+            for name, seq0 in (("throughput", 10**6), ("throughput_stream", 2 * 10**6)):
+                receiver = await _Receiver.start(b.socket_path, cursors.get(id(cb)), seq0,
+                                                 args.messages)  # fmt: skip
+                cpu0 = (_cpu_seconds(a.pid), _cpu_seconds(b.pid))
+                if name == "throughput":
+                    got = await throughput(ca, cb, receiver, args.messages, args.callers,
+                                           seq0=seq0)  # fmt: skip
+                else:
+                    got = await throughput_stream(ca, cb, receiver, args.messages, seq0=seq0)
+                got["cpu_ms_per_msg"] = {
+                    name: round((_cpu_seconds(d.pid) - c) * 1e3 / args.messages, 3)
+                    for name, d, c in (("a", a, cpu0[0]), ("b", b, cpu0[1]))
+                }
+                cursors[id(cb)] = got.pop("cursor")
+                out[name] = got
             out["rss_mb"]["after_load"] = round(max(a.rss_kib(), b.rss_kib()) / 1024, 1)
         if full:
             a.stop()
@@ -382,14 +453,16 @@ async def latency_ab(tmp: Path, samples: int, rounds: int = 6) -> dict[str, Any]
             chans[tag] = (grpc.aio.insecure_channel(f"unix:{a.socket_path}"),
                           grpc.aio.insecure_channel(f"unix:{b.socket_path}"))  # fmt: skip
         got: dict[str, tuple[list[float], list[float]]] = {t: ([], []) for t in chans}
+        cursors: dict[int, int] = {}
         for ca, cb in chans.values():
             await _wait_neighbour(ca, 30)
-            await latency(ca, cb, 5, seq0=0)
+            await latency(ca, cb, 5, seq0=0, cursors=cursors)
         per_round = max(1, samples // rounds)
         for r in range(rounds):
             for tag in ("on", "off") if r % 2 == 0 else ("off", "on"):
                 ca, cb = chans[tag]
-                arrive, acked = await latency(ca, cb, per_round, seq0=1000 * (r + 1))
+                arrive, acked = await latency(ca, cb, per_round, seq0=1000 * (r + 1),
+                                              cursors=cursors)  # fmt: skip
                 got[tag][0].extend(arrive)
                 got[tag][1].extend(acked)
         for tag, (arrive, acked) in got.items():
@@ -421,10 +494,11 @@ async def three_hops(tmp: Path, samples: int) -> dict[str, Any]:
             ):
                 # Cold start: every daemon READY → the first message a→d arrives (link
                 # discovery on each veth, then the path).
-                first, _ = await latency(ca, cd, 1, seq0=0, within=120)
+                cursors: dict[int, int] = {}
+                first, _ = await latency(ca, cd, 1, seq0=0, cursors=cursors, within=120)
                 out["cold_first_delivery_s"] = round(first[0], 2)
-                await latency(ca, cd, 3, seq0=1)
-                arrive, acked = await latency(ca, cd, samples, seq0=100)
+                await latency(ca, cd, 3, seq0=1, cursors=cursors)
+                arrive, acked = await latency(ca, cd, samples, seq0=100, cursors=cursors)
             lat = _ms(arrive)
             out["latency_ms"] = lat
             out["per_hop_p50_ms"] = round(lat["p50"] / 3, 2)
@@ -531,9 +605,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="also run the loopback figures with coalescing off (MESHD_COALESCE=0)")
     parser.add_argument("--echo-server", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--subscriber", nargs=4, metavar=("SOCKET", "AFTER", "SEQ0", "TOTAL"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args(argv)
     if args.echo_server:
         asyncio.run(_echo_server(args.echo_server))
+        return 0
+    if args.subscriber:
+        path, after, seq0, total = args.subscriber
+        asyncio.run(_subscriber(path, int(after), int(seq0), int(total)))
         return 0
     print(json.dumps(asyncio.run(run(args))), flush=True)
     return 0
