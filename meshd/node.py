@@ -32,6 +32,7 @@ from meshd.crypto.identity import Identity
 from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e.requests import AcceptFrom
 from meshd.errors import (
+    MeshdError,
     StoreError,
     Unavailable,
 )
@@ -444,13 +445,13 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
             return
         waiters, self._commit_waiters = self._commit_waiters, []
         try:
-            # MLS write-behind: the ratchet state behind every ciphertext sealed (and every
-            # message opened) since the last pass is saved first; the frames carrying those
-            # ciphertexts leave only after the commit below, so none leaves before its
-            # state (meshd/crypto/mls/mlsrs.py). A failed flush holds the frames like a
-            # failed commit.
+            # MLS write-behind: the ratchet state behind every ciphertext sealed since the
+            # last pass is saved first; the frames carrying those ciphertexts leave only
+            # after the commit below, so none leaves before its state (groups that only
+            # opened messages are written after the commit: meshd/crypto/mls/mlsrs.py). A
+            # failed flush holds the frames like a failed commit.
             if self._mls is not None:
-                self._mls.flush()
+                self._mls.flush(opened_only=False)
             self.store.commit()
         except StoreError as exc:
             # Nothing reached disk: hold the frames back (an ACK must not outrun its
@@ -462,6 +463,14 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
                     w.set_exception(exc)
             self._arm_timer()
             return
+        if self._mls is not None:
+            # Groups that only opened messages: their ratchet advance is written after the
+            # messages are committed (a crash in between leaves a duplicate, not a loss).
+            # Failing here loses nothing either: they stay dirty for the next pass.
+            try:
+                self._mls.flush()
+            except MeshdError as exc:
+                self.log.error("mls_flush_failed", error=str(exc))
         committed = self.store.last_cursor()
         if committed > self._visible_cursor:  # new events are on disk: show them
             self._visible_cursor = committed

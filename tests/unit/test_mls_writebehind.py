@@ -106,6 +106,18 @@ def test_receiver_crash_before_flush_opens_the_retransmission_again(make: Factor
     assert opened(b2, message) == b"retransmitted"
 
 
+def test_flush_before_the_commit_writes_only_groups_that_sealed(make: Factory) -> None:
+    a, b, group = pair(make)
+    message = a.encrypt(group, b"opened, not yet committed")
+    assert a.flush(opened_only=False)  # a sealed: written before the node's commit
+    assert opened(b, message) == b"opened, not yet committed"
+    assert not b.flush(opened_only=False)  # b only opened: not before the commit...
+    crash(b)  # ...so killed there, b opens the retransmission again
+    b2 = make("b")
+    assert opened(b2, message) == b"opened, not yet committed"
+    assert b2.flush() and not b2.flush()  # after the commit: written, once
+
+
 def test_tampered_copy_in_a_dirty_group_does_not_burn_the_genuine_message(
     make: Factory,
 ) -> None:

@@ -46,9 +46,18 @@ cut is another matter, as it was before write-behind: the MLS database is writte
 load average of 2-3); after a power cut the sender may re-seal a generation whose
 ciphertext left, and reuse_guard is what keeps the nonces apart (``sync()`` fsyncs on
 demand).
-The receiving side needs no such care: an un-flushed open is lost together with everything
-derived from it (the node has not committed or acknowledged it), so the sender's
-retransmission of the same ciphertext opens again.
+The receiving side wants the opposite order. An un-flushed open is lost together with
+everything derived from it (the node has not committed or acknowledged it), so the
+sender's retransmission of the same ciphertext opens again; but an open whose ratchet
+advance was written while its message was not yet committed is lost for good: the key of
+that generation is gone ("key not available, invalid generation"), and the sender's
+retransmission cannot be opened. So the pump flushes the groups that sealed something
+before its store commit (``flush(opened_only=False)``) and the groups that only opened
+after it: killed in between, the node has the message and an older ratchet, and a
+retransmission is a duplicate it recognises. What remains: a group that sealed *and*
+opened in the same pass is written before the commit, so its opens keep the old window
+(a process killed between the two writes of that pass), as does a group past
+``_MAX_UNFLUSHED`` operations in one pass.
 """
 
 from __future__ import annotations
@@ -177,14 +186,21 @@ class MlsRsEngine(MlsEngine):
             self.flush()
         self._write_behind = enabled
 
-    def flush(self) -> bool:
-        """Persist every group whose ratchets moved since its state was last written."""
+    def flush(self, *, opened_only: bool = True) -> bool:
+        """Persist every group whose ratchets moved since its state was last written;
+        ``opened_only=False``: only those that sealed something (the node's pump: before
+        its store commit), leaving groups that only opened messages for a later flush
+        (after the commit: see the module docstring)."""
         wrote = False
-        while self._dirty:
-            group = self._groups.get(self._dirty.pop())
-            if group is not None and group.unflushed:
-                self._persist_group(group)
-                wrote = True
+        for group_id in list(self._dirty):
+            group = self._groups.get(group_id)
+            if group is None or not group.unflushed:
+                self._dirty.discard(group_id)
+                continue
+            if not opened_only and None not in group.unflushed:
+                continue  # opens only: after the store commit
+            self._persist_group(group)
+            wrote = True
         return wrote
 
     # -- identity and key packages ----------------------------------------------------
