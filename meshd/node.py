@@ -153,6 +153,7 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
         self._maintenance: asyncio.TimerHandle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._expect_sends = 0  # sends a pass holds for (see _COALESCE_HOLD_S)
+        self._pumping = False  # inside _pump (MLS writes need no extra pass)
         self._sends_waiting = 0  # send_message calls waiting for their commit
         self._sends_peak = 0  # most of them at once since the last commit
         self._hold_since: float | None = None  # loop time the held pass first held
@@ -417,6 +418,19 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
 
     def _pump(self) -> None:
         """Drain events -> store, commit once, wake subscribers, send frames, re-arm."""
+        self._pumping = True
+        try:
+            self._pump_pass()
+        finally:
+            self._pumping = False
+
+    def _mls_wrote(self) -> None:
+        """The MLS state store wrote into the open transaction: make sure a pass commits
+        it (a pass in progress does already)."""
+        if not self._pumping:
+            self._schedule_pump()
+
+    def _pump_pass(self) -> None:
         self._pump_handle = None
         core = self.core
         wall = time.time()
@@ -450,8 +464,8 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
             # after the commit below, so none leaves before its state (groups that only
             # opened messages are written after the commit: meshd/crypto/mls/mlsrs.py). A
             # failed flush holds the frames like a failed commit.
-            if self._mls is not None:
-                self._mls.flush(opened_only=False)
+            if self._mls is not None:  # every group when the state commits with ours
+                self._mls.flush(opened_only=self._mls.commits_with_store)
             self.store.commit()
         except StoreError as exc:
             # Nothing reached disk: hold the frames back (an ACK must not outrun its

@@ -22,6 +22,7 @@ from meshd.address import NodeAddress
 from meshd.crypto.identity import Identity
 from meshd.crypto.mls.engine import MlsEngine
 from meshd.crypto.mls.mlsrs import MlsRsEngine
+from meshd.crypto.mls.storage import DB_NAME, MlsStateStore, retire_legacy
 from meshd.e2e import session_wire as sw
 from meshd.e2e.coalesce import Coalescer, Queued, seal_batch
 from meshd.e2e.requests import AcceptFrom, E2eSessions, RequestInfo
@@ -105,6 +106,8 @@ class SessionMessages:
 
         def _schedule_pump(self) -> None: ...
 
+        def _mls_wrote(self) -> None: ...
+
         async def _durable(self) -> None: ...
 
         def _authorize(self, caller: Caller) -> str: ...
@@ -149,7 +152,17 @@ class SessionMessages:
     def _sessions_start(self, now: float) -> None:
         """Called by ``Node.start`` once the core exists, before transports start."""
         key = None if self._keystore_key is None else mls_at_rest_key(self._keystore_key)
-        self._mls = MlsRsEngine(self.state_dir / MLS_DIR, self.identity, at_rest_key=key)
+        # The MLS state lives in the node's database, written in the pump's transaction
+        # (meshd/crypto/mls/storage.py); a state directory from before that is imported.
+        legacy = self.state_dir / MLS_DIR
+        states = MlsStateStore(connection=self.store.connection, at_rest_key=key,
+                               legacy_dir=legacy, on_write=self._mls_wrote)  # fmt: skip
+        if states.imported:
+            self.store.commit()
+            self.store.sync_wal()
+            self.log.info("mls_state_imported", source=str(legacy / DB_NAME))
+        retire_legacy(legacy)
+        self._mls = MlsRsEngine(None, self.identity, store=states)
         self._e2e = E2eSessions(
             self._mls,
             self._tables(),

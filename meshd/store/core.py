@@ -100,6 +100,12 @@ class StoreCore:
 
     # --- transactions -------------------------------------------------------------
     @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, for a part of the node that keeps its own tables in this
+        database and writes them in the same transaction (the MLS state); loop thread."""
+        return self._conn
+
+    @property
     def in_transaction(self) -> bool:
         return self._pending_rows > 0 or self._conn.in_transaction
 

@@ -230,6 +230,12 @@ class MlsEngine(ABC):
         (a Welcome for one is refused as after a restart). Groups are not affected."""
         return None
 
+    @property
+    def commits_with_store(self) -> bool:
+        """Whether state writes join the node's store transaction (so the pump may write
+        every group before its commit, atomically with the messages)."""
+        return False
+
     def flush(self, *, opened_only: bool = True) -> bool:
         """Persist state changes deferred by write-behind; True if anything was written.
 

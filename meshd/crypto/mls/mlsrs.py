@@ -51,13 +51,13 @@ everything derived from it (the node has not committed or acknowledged it), so t
 sender's retransmission of the same ciphertext opens again; but an open whose ratchet
 advance was written while its message was not yet committed is lost for good: the key of
 that generation is gone ("key not available, invalid generation"), and the sender's
-retransmission cannot be opened. So the pump flushes the groups that sealed something
-before its store commit (``flush(opened_only=False)``) and the groups that only opened
-after it: killed in between, the node has the message and an older ratchet, and a
-retransmission is a duplicate it recognises. What remains: a group that sealed *and*
-opened in the same pass is written before the commit, so its opens keep the old window
-(a process killed between the two writes of that pass), as does a group past
-``_MAX_UNFLUSHED`` operations in one pass.
+retransmission cannot be opened. In a node both orders hold at once: its state store
+writes into the node's own database and transaction (``commits_with_store``), and the
+pump flushes every group before its one commit, so ratchets and messages commit together
+(tests/integration/test_mls_state_in_store.py). A standalone engine, with a database of
+its own, is flushed in two steps instead (``flush(opened_only=False)`` before the
+owner's commit: groups that sealed; ``flush()`` after it), which leaves the old window
+for a group that sealed and opened between two commits.
 """
 
 from __future__ import annotations
@@ -125,21 +125,24 @@ class _Group:
 
 
 class MlsRsEngine(MlsEngine):
-    """One node's MLS engine; state in ``state_dir``, bound to the node ``identity``."""
+    """One node's MLS engine, bound to the node ``identity``; state in ``state_dir``, or in
+    ``store`` (the node passes one on its own database: meshd/crypto/mls/storage.py)."""
 
     def __init__(
         self,
-        state_dir: Path,
+        state_dir: Path | None,
         identity: Identity,
         *,
         at_rest_key: bytes | None = None,
         write_behind: bool = False,
+        store: MlsStateStore | None = None,
     ) -> None:
         install_fast_bytes_lowering()
         self._write_behind = write_behind
         self._dirty: set[bytes] = set()  # groups with a write-behind log
         self._peeked: tuple[bytes, wire.MessageInfo] | None = None  # last peek (immutable)
-        self._store = MlsStateStore(state_dir, at_rest_key=at_rest_key)
+        self._store = store if store is not None else MlsStateStore(state_dir,
+                                                                     at_rest_key=at_rest_key)
         blob = self._store.get_meta("signer")
         if blob is None:
             signer = MlsSigner.generate(identity)
@@ -174,6 +177,11 @@ class MlsRsEngine(MlsEngine):
 
     def sync(self) -> None:
         self._store.sync_wal()
+
+    @property
+    def commits_with_store(self) -> bool:
+        """Its state is written in the node's own transaction (atomic with the messages)."""
+        return self._store.shared
 
     @property
     def write_behind(self) -> bool:
