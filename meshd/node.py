@@ -75,7 +75,7 @@ _MAINTENANCE_BACKLOG_S = 0.5  # again soon while a prune hit its per-call limit
 # queued than were waiting at once during the previous commit's cycle (the callers it
 # released are on their way back), at most _COALESCE_HOLD_S after it first held and
 # _HOLD_GAP_S after the latest send arrived (a caller that is not coming back costs one
-# gap, not the whole hold). Measured, 16 callers (/tmp/perf5, 3000 x 1 KiB): estimating
+# gap, not the whole hold). Measured, 16 callers (two daemons, 3000 x 1 KiB): estimating
 # from the previous pass's queue (2 ms hold) settled into two alternating groups of ~8
 # (commits of 4.5-5.9 on average, 909-1250 msg/s); the cycle's peak merges them into one
 # of 16 (carriers of 15+1 before MAX_BATCH_BYTES grew), 1300-1620 msg/s, sender CPU
@@ -459,12 +459,14 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
             return
         waiters, self._commit_waiters = self._commit_waiters, []
         try:
-            # MLS write-behind: the ratchet state behind every ciphertext sealed since the
-            # last pass is saved first; the frames carrying those ciphertexts leave only
-            # after the commit below, so none leaves before its state (groups that only
-            # opened messages are written after the commit: meshd/crypto/mls/mlsrs.py). A
-            # failed flush holds the frames like a failed commit.
-            if self._mls is not None:  # every group when the state commits with ours
+            # MLS write-behind: the ratchet state behind every ciphertext sealed and every
+            # message opened since the last pass is written into this transaction (the
+            # MLS tables are in this database: meshd/crypto/mls/storage.py), so ratchets
+            # and messages commit together, and frames leave only after the commit. (An
+            # engine with a database of its own writes the groups that only opened
+            # messages after the commit, below.) A failed flush holds the frames like a
+            # failed commit.
+            if self._mls is not None:
                 self._mls.flush(opened_only=self._mls.commits_with_store)
             self.store.commit()
         except StoreError as exc:
@@ -478,9 +480,9 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
             self._arm_timer()
             return
         if self._mls is not None:
-            # Groups that only opened messages: their ratchet advance is written after the
-            # messages are committed (a crash in between leaves a duplicate, not a loss).
-            # Failing here loses nothing either: they stay dirty for the next pass.
+            # An engine with its own database: groups that only opened messages are
+            # written after the messages are committed (a crash in between leaves a
+            # duplicate, not a loss). Failing here loses nothing either: they stay dirty.
             try:
                 self._mls.flush()
             except MeshdError as exc:
