@@ -28,6 +28,7 @@ import structlog
 
 from meshd import __version__
 from meshd.address import NodeAddress
+from meshd.commit_hold import CommitHold
 from meshd.crypto.identity import Identity
 from meshd.crypto.mls.mlsrs import MlsRsEngine
 from meshd.e2e.requests import AcceptFrom
@@ -68,21 +69,6 @@ from meshd.transports.base import Link, Transport, TransportStatus
 
 _MAINTENANCE_INTERVAL_S = 30.0
 _MAINTENANCE_BACKLOG_S = 0.5  # again soon while a prune hit its per-call limit
-# Concurrent unary callers come back one by one after a commit releases them, and an idle
-# fsync gate let the first one's pass commit alone: 16 callers made carriers of 3.2
-# messages on average (627 of 900 sealed alone), so ~1 MLS seal, commit and fsync per 3
-# messages. So a pass holds its commit (as while an fsync runs) while fewer sends are
-# queued than were waiting at once during the previous commit's cycle (the callers it
-# released are on their way back), at most _COALESCE_HOLD_S after it first held and
-# _HOLD_GAP_S after the latest send arrived (a caller that is not coming back costs one
-# gap, not the whole hold). Measured, 16 callers (two daemons, 3000 x 1 KiB): estimating
-# from the previous pass's queue (2 ms hold) settled into two alternating groups of ~8
-# (commits of 4.5-5.9 on average, 909-1250 msg/s); the cycle's peak merges them into one
-# of 16 (carriers of 15+1 before MAX_BATCH_BYTES grew), 1300-1620 msg/s, sender CPU
-# 0.77-0.99 -> 0.46-0.68 ms/msg. A back-to-back caller never waits: it is never
-# concurrent with another, so the peak stays 1.
-_COALESCE_HOLD_S = 0.006
-_HOLD_GAP_S = 0.002
 TransportFactory = Callable[[Identity], Sequence[Transport]]
 
 
@@ -152,12 +138,8 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
         self._timer_deadline: float | None = None
         self._maintenance: asyncio.TimerHandle | None = None
         self._commit_waiters: list[asyncio.Future[None]] = []
-        self._expect_sends = 0  # sends a pass holds for (see _COALESCE_HOLD_S)
         self._pumping = False  # inside _pump (MLS writes need no extra pass)
-        self._sends_waiting = 0  # send_message calls waiting for their commit
-        self._sends_peak = 0  # most of them at once since the last commit
-        self._hold_since: float | None = None  # loop time the held pass first held
-        self._last_send_at = 0.0  # loop time of the latest send_message
+        self._commit_hold = CommitHold()  # concurrent unary senders (meshd/commit_hold.py)
         self._hold: asyncio.TimerHandle | None = None
         self._gate: SyncGate | None = None  # frames and replies waiting for an fsync
         self._subscribers: set[asyncio.Event] = set()
@@ -438,9 +420,8 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
         defer = not self._closed and (self._gate.syncing or self._holding())
         if not defer:
             queued = len(self._e2e_queue) if self._e2e_queue is not None else 0
-            if queued:  # the last cycle's peak; a burst's end (or a lone caller) lowers it
-                self._expect_sends = self._sends_peak
-                self._sends_peak = self._sends_waiting
+            if queued:
+                self._commit_hold.committing()
             # This pass commits: seal the 1:1 sends queued since the last one, one MLS
             # message per peer (meshd/e2e/coalesce.py); their events are drained below.
             self._sessions_coalesced()
@@ -496,23 +477,17 @@ class Node(CoreEventSink, AppMessages, SessionMessages, GroupMessages):
         self._arm_timer()
 
     def _holding(self) -> bool:
-        """Hold this pass's commit for more concurrent sends (see _COALESCE_HOLD_S)?"""
+        """Hold this pass's commit for more concurrent sends (meshd/commit_hold.py)?"""
         queue = self._e2e_queue
-        if queue is None or not queue or len(queue) >= self._expect_sends:
-            self._hold_since = None
-            return False
         assert self._loop is not None
-        now = self._loop.time()
-        if self._hold_since is None:
-            self._hold_since = now
-        deadline = min(self._hold_since + _COALESCE_HOLD_S, self._last_send_at + _HOLD_GAP_S)
-        if now >= deadline:
-            self._hold_since = None
+        until = self._commit_hold.deadline(len(queue) if queue is not None else 0,
+                                           self._loop.time())  # fmt: skip
+        if until is None:
             return False
-        if self._hold is None or self._hold.when() != deadline:
+        if self._hold is None or self._hold.when() != until:
             if self._hold is not None:
                 self._hold.cancel()
-            self._hold = self._loop.call_at(deadline, self._hold_over)
+            self._hold = self._loop.call_at(until, self._hold_over)
         return True
 
     def _hold_over(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from meshd.address import NodeAddress
+from meshd.commit_hold import CommitHold
 from meshd.envelope import Envelope, validate_app_id
 from meshd.errors import InvalidArgument, MeshdError, NotFound, PermissionDenied, Unavailable
 from meshd.node_api import AppEvent, Caller, MessageRecord
@@ -47,9 +48,7 @@ class AppMessages:
     _subscribers: set[asyncio.Event]
     _running: bool
     _closed: bool
-    _sends_waiting: int
-    _sends_peak: int
-    _last_send_at: float
+    _commit_hold: CommitHold
 
     if TYPE_CHECKING:
 
@@ -138,13 +137,11 @@ class AppMessages:
             created_at=created,
             expires_at=created + lifetime,
         )
-        self._sends_waiting += 1
-        self._last_send_at = self._now()
-        self._sends_peak = max(self._sends_peak, self._sends_waiting)
+        self._commit_hold.send_waiting(self._now())  # concurrent callers share a commit
         try:
             await self._durable()
         finally:
-            self._sends_waiting -= 1
+            self._commit_hold.send_done()
         if self._debug:
             self.log.debug(
                 "message_queued", message_id=message_id.hex(), peer=dst.short, app=app_id

@@ -1,17 +1,14 @@
-"""The pump's commit hold for concurrent unary senders (meshd/node.py, _COALESCE_HOLD_S)."""
+"""The pump's commit hold for concurrent unary senders, in a node (meshd/commit_hold.py;
+its rules alone: tests/unit/test_commit_hold.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 from pathlib import Path
 
 import pytest
 
-from meshd.e2e.coalesce import Queued
-from meshd.envelope import Envelope
-from meshd.node import _COALESCE_HOLD_S, _HOLD_GAP_S, Node
+from meshd.node import Node
 from meshd.testing.memtransport import connect
 from tests.integration.test_coalesce_node import all_delivered, count, received
 from tests.integration.test_e2e_sessions import CHAT, open_node, until
@@ -67,7 +64,7 @@ async def test_a_lone_caller_never_waits(tmp_path: Path) -> None:
     try:
         for i in range(20):  # back to back: each queued behind the one still in flight
             await a.send_message(CHAT, b.address, f"m{i}".encode(), lifetime_s=None)
-        assert a._expect_sends <= 1 and a._hold is None  # never held
+        assert a._commit_hold.expect <= 1 and a._hold is None  # never held
         await until(lambda: len(received(b, a)) == 21)
     finally:
         await a.stop()
@@ -82,41 +79,10 @@ async def test_peak_of_concurrent_callers_sets_the_hold(tmp_path: Path) -> None:
         await asyncio.gather(*(a.send_message(CHAT, b.address, f"p{k}".encode(),
                                               lifetime_s=None) for k in range(16)))  # fmt: skip
         await a.send_message(CHAT, b.address, b"one more", lifetime_s=None)
-        assert a._expect_sends == 16
+        assert a._commit_hold.expect == 16
         await a.send_message(CHAT, b.address, b"alone again", lifetime_s=None)
-        assert a._expect_sends == 1  # the burst is over: a lone caller is not held again
+        assert a._commit_hold.expect == 1  # the burst is over: a lone caller is not held
         await until(lambda: len(received(b, a)) == 1 + 18)
     finally:
-        await a.stop()
-        await b.stop()
-
-
-async def test_a_caller_not_coming_back_costs_one_gap_not_the_hold(tmp_path: Path) -> None:
-    a, b = await _pair(tmp_path)
-    queue = a._e2e_queue
-    assert queue is not None and a._loop is not None
-    try:
-        a._expect_sends = 8  # as after a cycle of 8 concurrent callers
-        queue.add(b.address, Queued(os.urandom(8), Envelope("chat", b"x"), time.time() + 60))
-        a._last_send_at = a._loop.time()
-        assert a._holding()
-        assert a._hold is not None and a._hold_since is not None
-        # The deadline is a gap after the latest arrival, well before the whole hold.
-        assert a._hold.when() == a._last_send_at + _HOLD_GAP_S < a._hold_since + _COALESCE_HOLD_S
-        # Another caller arrives: the hold extends, never past the whole hold.
-        a._last_send_at = a._hold_since + _COALESCE_HOLD_S - _HOLD_GAP_S / 2
-        assert a._holding()
-        assert a._hold.when() == a._hold_since + _COALESCE_HOLD_S
-        # Past the deadline (nobody else came): this pass commits.
-        a._hold_since -= _COALESCE_HOLD_S
-        a._last_send_at -= _COALESCE_HOLD_S
-        assert not a._holding()
-        # As many queued as expected: no hold at all.
-        for _ in range(7):
-            queue.add(b.address, Queued(os.urandom(8), Envelope("chat", b"x"), time.time() + 60))
-        assert not a._holding()
-    finally:
-        list(queue.take())  # never stored: not for the pump to seal
-        a._expect_sends = 0
         await a.stop()
         await b.stop()
