@@ -31,32 +31,19 @@ group state after every application message cost ~135 us per seal and per open (
 serialization, the storage callback, AES-GCM, SQLite), about 40 % of seal+open. With
 write-behind, ``encrypt`` and ``process`` of application messages only advance the
 in-memory ratchets and log the operation; ``flush()`` persists every group touched since.
-Why this cannot reuse a key/nonce: a ciphertext is only *released* by the node's pump,
-which calls ``flush()`` before its store commit and sends frames only after that commit
-(the pump's invariant: nothing leaves before its commit). A crash before the flush loses
-the un-flushed ratchet advance *and* the ciphertexts it produced, none of which left the
-process, so re-sealing from the older state after a restart reuses a generation only for
-a ciphertext nobody ever saw. A crash after the flush keeps the advance. RFC 9420 §6.3.1's
-reuse_guard (4 random bytes XORed into the nonce) is the second line of defence. Anything
-that changes the epoch (commits, own or received) first persists what is pending, so the
-retained last state of each epoch (for rollback) includes every seal made in it. A power
-cut is another matter, as it was before write-behind: the MLS database is written with
-``synchronous=NORMAL`` (committed, not fsync'd) and the node does not fsync it per pass
-(measured: a second fsync before each durable pass's frames cost ~1 ms of 1-hop p50 at a
-load average of 2-3); after a power cut the sender may re-seal a generation whose
-ciphertext left, and reuse_guard is what keeps the nonces apart (``sync()`` fsyncs on
-demand).
-The receiving side wants the opposite order. An un-flushed open is lost together with
-everything derived from it (the node has not committed or acknowledged it), so the
-sender's retransmission of the same ciphertext opens again; but an open whose ratchet
-advance was written while its message was not yet committed is lost for good: the key of
-that generation is gone ("key not available, invalid generation"), and the sender's
-retransmission cannot be opened. In a node both orders hold at once: its state store
-writes into the node's own database and transaction (``commits_with_store``), and the
-pump flushes every group before its one commit, so ratchets and messages commit together
-(tests/integration/test_mls_state_in_store.py). A standalone engine, with a database of
-its own, is flushed in two steps instead (``flush(opened_only=False)`` before the
-owner's commit: groups that sealed; ``flush()`` after it), which leaves the old window
+A node's engine writes into the node's own database and transaction
+(``commits_with_store``, meshd/crypto/mls/storage.py); the pump flushes before its one
+commit and releases frames only after it (after its fsync, for a pass that stored app
+messages). So ratchets, ciphertexts and opened messages commit together: a crash can
+neither re-seal a generation whose ciphertext left nor burn the key of a message that was
+not stored, which would make the sender's retransmission undecryptable ("key not
+available, invalid generation"; tests/integration/test_mls_state_in_store.py). RFC 9420
+§6.3.1's reuse_guard (4 random bytes XORed into the nonce) is the second line of defence.
+Anything that changes the epoch first persists what is pending, so the retained last
+state of each epoch (for rollback) includes every seal made in it. A standalone engine
+(its own database, not fsync'd per write: ``sync()``) is flushed in two steps by its
+owner, ``flush(opened_only=False)`` before the owner's commit (groups that sealed) and
+``flush()`` after it (groups that only opened), which leaves the burned-key window only
 for a group that sealed and opened between two commits.
 """
 
