@@ -239,12 +239,13 @@ class MlsEngine(ABC):
     def flush(self, *, opened_only: bool = True) -> bool:
         """Persist state changes deferred by write-behind; True if anything was written.
 
-        The node calls it in its pump with ``opened_only=False`` before its store commit
-        (groups that sealed something; frames leave only after that commit, so no
-        ciphertext leaves before the ratchet state that produced it), then without it
-        after the commit (groups that only opened messages, whose advance must not be
-        on disk before the messages are). An engine that writes through (the default)
-        has nothing pending.
+        The node's pump calls it before its store commit (frames leave only after that
+        commit, so no ciphertext leaves before the ratchet state that produced it). An
+        engine whose state ``commits_with_store`` is flushed whole there; one with a
+        database of its own gets ``opened_only=False`` there (groups that sealed) and a
+        plain ``flush()`` after the commit (groups that only opened messages, whose
+        advance must not be on disk before the messages are). An engine that writes
+        through (the default) has nothing pending.
         """
         return False
 
